@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -262,7 +262,7 @@ def fit_theta_optim(pred: Tensor, flow: Tensor, Xc: Tensor, XX: Tensor, v_distan
     theta0 = fit_theta_ols(pred, flow, Xc, XX)
     if v_distance == "squared":
         return theta0
-    theta = theta0.clone().requires_grad_(True)
+    theta = theta0.clone(memory_format=torch.contiguous_format).requires_grad_(True)  # L-BFGS views grads flat
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-10, tolerance_change=1e-12)
 

@@ -1,0 +1,114 @@
+"""U-Net backbone, with the module layout of the authors' code so their checkpoints load.
+
+``layers`` = [DoubleConv(in, fs)] + (n−1) × Down + (n−1) × Up + [Conv2d(fs, num_classes, 1)].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMALISATIONS = ("InstanceNorm", "BatchNorm", "None")
+
+
+def _norm(kind: str, channels: int, train_bn: bool) -> nn.Module | None:
+    if kind == "InstanceNorm":
+        return nn.InstanceNorm2d(channels, track_running_stats=train_bn)
+    if kind == "BatchNorm":
+        return nn.BatchNorm2d(channels, track_running_stats=train_bn)
+    if kind in ("None", None):
+        return None
+    raise ValueError(f"inner_normalisation must be one of {list(NORMALISATIONS)}, got {kind!r}")
+
+
+class DoubleConv(nn.Module):
+    """(Conv3×3 → Norm → ReLU) × 2; without normalisation (Conv → ReLU) × 2."""
+
+    def __init__(self, in_ch: int, out_ch: int, inner_normalisation: str = "InstanceNorm",
+                 padding_mode: str = "reflect", train_bn: bool = False) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        for c_in in (in_ch, out_ch):
+            mods.append(nn.Conv2d(c_in, out_ch, kernel_size=3, padding=1, padding_mode=padding_mode))
+            norm = _norm(inner_normalisation, out_ch, train_bn)
+            if norm is not None:
+                mods.append(norm)
+            mods.append(nn.ReLU(inplace=True))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Down(nn.Module):
+    """MaxPool2d(2) then DoubleConv(f, 2f)."""
+
+    def __init__(self, in_ch: int, out_ch: int, **conv_kw) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=2), DoubleConv(in_ch, out_ch, **conv_kw))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Up(nn.Module):
+    """Upsample ×2 (transposed conv, or bilinear + 1×1 conv), pad to the skip, concat, DoubleConv."""
+
+    def __init__(self, in_ch: int, out_ch: int, bilinear: bool = False, **conv_kw) -> None:
+        super().__init__()
+        if bilinear:
+            self.upsample = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                nn.Conv2d(in_ch, in_ch // 2, kernel_size=1),
+            )
+        else:
+            self.upsample = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_ch, out_ch, **conv_kw)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.upsample(x)
+        # Odd sizes lose a row/column at pooling: zero-pad the upsampled map back to the skip's size.
+        dh = skip.shape[2] - x.shape[2]
+        dw = skip.shape[3] - x.shape[3]
+        if dh or dw:
+            x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net: input (B, input_channels, I, J) → features (B, num_classes, I, J).
+
+    Any I, J work; ``num_layers`` levels (the input is pooled num_layers − 1 times).
+    """
+
+    def __init__(self, num_classes: int = 32, input_channels: int = 2, num_layers: int = 7,
+                 features_start: int = 64, bilinear: bool = False, inner_normalisation: str = "InstanceNorm",
+                 padding_mode: str = "reflect", train_bn: bool = False) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"unet.num_layers must be >= 1, got {num_layers}")
+        if padding_mode not in ("reflect", "zeros", "replicate", "circular"):
+            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        self.num_layers = num_layers
+        conv_kw = dict(inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn)
+        layers: list[nn.Module] = [DoubleConv(input_channels, features_start, **conv_kw)]
+        feats = features_start
+        for _ in range(num_layers - 1):
+            layers.append(Down(feats, feats * 2, **conv_kw))
+            feats *= 2
+        for _ in range(num_layers - 1):
+            layers.append(Up(feats, feats // 2, bilinear=bilinear, **conv_kw))
+            feats //= 2
+        layers.append(nn.Conv2d(feats, num_classes, kernel_size=1))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.num_layers
+        xi = [self.layers[0](x)]
+        for layer in self.layers[1:n]:
+            xi.append(layer(xi[-1]))
+        y = xi.pop()
+        for layer in self.layers[n:-1]:
+            y = layer(y, xi.pop())
+        return self.layers[-1](y)

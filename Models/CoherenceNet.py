@@ -1,0 +1,150 @@
+"""Loss wiring of the EM coherence model: basis buffer, Criterion, binarisation, per-frame rows."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from evaluationmodule.BinarisationModule import BINARY_METHODS, BinarisationModule
+from Models.LitSegmentationModel import LitSegmentationModel
+from utils import coherence_math as cm
+from utils.evaluations import db_eval_iou
+
+logger = logging.getLogger(__name__)
+
+
+class CoherenceNet(LitSegmentationModel):
+    """Segmentation network trained by the coherence loss (DESIGN.md §1).
+
+    ``Criterion(batch)`` fits θ per mask (the M-step, detached), then returns per-sample
+    ``losses`` = coherence − entropy_weight · entropy, ``coherence_losses`` and ``entropies``
+    (B,), and adds ``theta`` (B, L, ft, 2) and ``ParametricFlow`` (B, 2, I, J) to the batch.
+    """
+
+    HPARAM_DEFAULTS: dict[str, Any] = {
+        "param_model": "Quadratic",
+        "v_distance": "l1",
+        "theta_method": "IRLS",
+        "entropy_weight": 0.01,
+        "binary_method": "exceptbiggest",
+    }
+    #: validation frames drawn in the figure sent to the logger each epoch
+    n_figure_frames = 4
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        hp = self.hparams
+        self.param_model = hp["param_model"]
+        self.v_distance = hp["v_distance"]
+        self.theta_method = hp["theta_method"]
+        self.entropy_weight = float(hp["entropy_weight"])
+        self.binary_method = hp["binary_method"]
+        cm.check_param_model(self.param_model)
+        cm.check_v_distance(self.v_distance)
+        cm.check_theta_method(self.theta_method)
+        self.binariser = BinarisationModule(self.binary_method)
+        # The authors' checkpoints store the basis; keeping it keeps their state dicts loadable.
+        self.register_buffer("XoT", cm.make_basis(self.param_model, hp["img_size"]))
+        self.figure_batch: dict | None = None
+
+    @staticmethod
+    def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parent_parser = LitSegmentationModel.add_specific_args(parent_parser)
+        d = CoherenceNet.HPARAM_DEFAULTS
+        g = parent_parser.add_argument_group("coherence loss")
+        g.add_argument("--param_model", default=d["param_model"], choices=list(cm.FT),
+                       help="parametric motion model fitted to each mask")
+        g.add_argument("--v_distance", default=d["v_distance"], choices=list(cm.V_DISTANCES),
+                       help="distance between the flow and each mask's parametric flow")
+        g.add_argument("--theta_method", default=d["theta_method"], choices=list(cm.THETA_METHODS),
+                       help="M-step solver: IRLS (robust, fast), OLS (weighted least squares), "
+                            "Optim (the original's L-BFGS, slow)")
+        g.add_argument("--entropy_weight", type=float, default=d["entropy_weight"])
+        g.add_argument("--binary_method", default=d["binary_method"], choices=list(BINARY_METHODS),
+                       help="turning L masks into one foreground mask")
+        return parent_parser
+
+    # ----------------------------------------------------------------------------------------
+    def ComputeTheta(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:  # noqa: N802 (authors' name)
+        """M-step: θ' (B, L, ft, 2) in the conditioned basis, Xc (N, ft), M (ft, ft)."""
+        return cm.fit_theta(batch["Pred"], batch["Flow"], self.param_model, self.v_distance, self.theta_method)
+
+    def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
+        pred, flow = batch["Pred"], batch["Flow"]
+        cm.check_pred_flow(pred, flow)
+        theta_c, Xc, M = self.ComputeTheta(batch)
+        coherence = cm.coherence_terms(pred, flow, Xc, theta_c, self.v_distance)
+        entropies = cm.entropy(pred).to(coherence.dtype)
+        batch["theta"] = cm.theta_to_original(theta_c, M)
+        if with_parametric_flow:
+            batch["ParametricFlow"] = cm.parametric_flow(pred.detach(), Xc, theta_c)
+        return {
+            "losses": coherence - self.entropy_weight * entropies,
+            "coherence_losses": coherence,
+            "entropies": entropies,
+        }
+
+    def generate_binary_mask(self, batch: dict) -> dict:
+        """Add ``'PredMask'`` (B, I, J) bool, by ``binary_method``."""
+        return self.binariser.binarise(batch)
+
+    # ----------------------------------------------------------------------------------------
+    def wants_figure(self, stage: str, batch_idx: int) -> bool:
+        return stage == "val" and batch_idx == 0 and self.figure_batch is None
+
+    @torch.no_grad()
+    def frame_metrics(self, batch: dict) -> dict:
+        """Per-frame ``jaccs`` (B,) when ``GtMask`` is present and ``masks_usages`` (B, L)."""
+        self.generate_binary_mask(batch)
+        out = {"masks_usages": batch["Pred"].detach().float().mean((2, 3))}
+        if "GtMask" in batch:
+            out["jaccs"] = db_eval_iou(batch["GtMask"].to(batch["PredMask"].device) > 0, batch["PredMask"])
+        return out
+
+    @torch.no_grad()
+    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> None:
+        metrics = self.frame_metrics(batch)
+        if "jaccs" in metrics:
+            self.log(f"{stage}/jacc", metrics["jaccs"].float().mean(), on_step=False, on_epoch=True,
+                     batch_size=batch["Flow"].shape[0], sync_dist=stage != "train", prog_bar=stage != "train")
+        # One host transfer per batch: rows are cheap to build from CPU tensors.
+        losses = crit["losses"].detach().float().cpu().tolist()
+        usages = metrics["masks_usages"].cpu().tolist()
+        jaccs = metrics["jaccs"].cpu().tolist() if "jaccs" in metrics else [float("nan")] * len(losses)
+        names = batch.get("FlowPath") or [f"{stage}_{batch_idx}_{i}" for i in range(len(losses))]
+        index = batch.get("Index")
+        index = index.tolist() if isinstance(index, Tensor) else [None] * len(losses)
+        for i in range(len(losses)):
+            self.frame_rows.append({
+                "epoch": int(self.current_epoch), "step_label": stage, "file_name": names[i],
+                "losses": losses[i], "jaccs": jaccs[i],
+                "masks_usages": " ".join(f"{u:.4f}" for u in usages[i]), "index": index[i],
+            })
+        if self.wants_figure(stage, batch_idx):
+            n = self.n_figure_frames
+            self.figure_batch = {k: v[:n].detach().cpu() for k, v in batch.items()
+                                 if isinstance(v, Tensor) and v.dim() >= 3}
+            for k in ("FlowPath", "ImagePath"):
+                if k in batch:
+                    self.figure_batch[k] = list(batch[k][:n])
+
+    def on_validation_epoch_start(self) -> None:
+        self.figure_batch = None
+
+    def on_validation_epoch_end(self) -> None:
+        if self.figure_batch is None or self.trainer is None or self.trainer.sanity_checking:
+            return
+        if not self.trainer.is_global_zero or not self.loggers:
+            return
+        from utils.figures import frames_figure, log_figure
+
+        fig = frames_figure(self.figure_batch, title=f"validation, epoch {self.current_epoch}")
+        for lg in self.loggers:
+            log_figure(lg, fig, "val/frames", int(self.current_epoch))
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

@@ -1,0 +1,226 @@
+"""The LightningModule shell: hyperparameters, network, optimiser, one shared train/val/test step."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from Models.checkpoint_io import CheckpointError, read_checkpoint
+from Models.LitBackbone import LitBackbone
+from Models.LitHead import LitHead
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("train", "val", "test")
+
+
+def _str2bool(v: str | bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("1", "true", "yes", "y"):
+        return True
+    if v.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+class LitSegmentationModel(pl.LightningModule):
+    """Network (``backbone_model`` U-Net + ``head_model``) and the training loop plumbing.
+
+    Subclasses define ``Criterion(batch)``. Hyperparameters are the command-line names of the
+    authors' code (dotted ones included, e.g. ``'unet.num_layers'``); every one has a default and
+    unknown names (a stored Trainer or data flag) are kept in ``hparams`` but otherwise ignored.
+    """
+
+    #: name → default for every hyperparameter this class reads.
+    HPARAM_DEFAULTS: dict[str, Any] = {
+        "nAffineMasks": 2,
+        "backbone": "unet",
+        "features_backbone": 32,
+        "unet.num_layers": 7,
+        "unet.features_start": 64,
+        "inner_normalisation": "InstanceNorm",
+        "train_bn": False,
+        "bilinear": False,
+        "padding_mode": "reflect",
+        "inputs": ["Flow"],
+        "optim.name": "Adam",
+        "optim.lr": 1e-4,
+        "optim.weight_decay": 0.0,
+        "img_size": [128, 224],
+    }
+    has_network = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        defaults = self.all_hparam_defaults()
+        unknown = sorted(k for k in kwargs if k not in defaults)
+        if unknown:
+            logger.debug("%s ignores hyperparameters it does not use: %s", type(self).__name__, unknown)
+        hp = {**defaults, **kwargs}
+        if hp.get("inner_normalisation") is None:
+            hp["inner_normalisation"] = "None"
+        hp["img_size"] = [int(s) for s in hp["img_size"]]
+        if isinstance(hp["inputs"], str):
+            hp["inputs"] = [hp["inputs"]]
+        self.save_hyperparameters(hp)
+        self.L = int(hp["nAffineMasks"])
+        if self.has_network:
+            self.backbone_model = LitBackbone(
+                inputs=hp["inputs"], backbone=hp["backbone"], features_backbone=int(hp["features_backbone"]),
+                num_layers=int(hp["unet.num_layers"]), features_start=int(hp["unet.features_start"]),
+                bilinear=bool(hp["bilinear"]), inner_normalisation=hp["inner_normalisation"],
+                padding_mode=hp["padding_mode"], train_bn=bool(hp["train_bn"]))
+            self.head_model = LitHead(int(hp["features_backbone"]), self.L)
+        # Per-frame rows of the current epoch, read by the results writer callback.
+        self.frame_rows: list[dict] = []
+        self.skipped_samples: list[tuple] = []
+
+    @classmethod
+    def all_hparam_defaults(cls) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(vars(klass).get("HPARAM_DEFAULTS", {}))
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # Command line
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Network and optimiser flags, with the authors' names and defaults."""
+        d = LitSegmentationModel.HPARAM_DEFAULTS
+        g = parent_parser.add_argument_group("network")
+        g.add_argument("--nAffineMasks", "-L", type=int, default=d["nAffineMasks"], help="number of masks L")
+        g.add_argument("--backbone", default=d["backbone"], choices=["unet"])
+        g.add_argument("--features_backbone", type=int, default=d["features_backbone"])
+        g.add_argument("--unet.num_layers", type=int, default=d["unet.num_layers"], help="U-Net levels")
+        g.add_argument("--unet.features_start", type=int, default=d["unet.features_start"],
+                       help="features of the first U-Net level")
+        g.add_argument("--inner_normalisation", "-inm", default=d["inner_normalisation"],
+                       choices=["InstanceNorm", "BatchNorm", "None"])
+        g.add_argument("--train_bn", action="store_true", help="track running statistics in the norms")
+        g.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
+        g.add_argument("--padding_mode", default=d["padding_mode"], choices=["reflect", "zeros"])
+        g.add_argument("--inputs", nargs="+", default=list(d["inputs"]), choices=["Flow", "Image", "FlowRGB"],
+                       help="network inputs, concatenated on channels")
+        g.add_argument("--optim.name", default=d["optim.name"], choices=["Adam", "RMSprop"])
+        g.add_argument("--optim.lr", type=float, default=d["optim.lr"])
+        g.add_argument("--optim.weight_decay", type=float, default=d["optim.weight_decay"])
+        return parent_parser
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = "cpu",
+                             hparams_file: Any = None, strict: bool | None = True,
+                             weights_only: bool | None = None, trust_checkpoint: bool = False,
+                             **kwargs: Any):
+        """Rebuild the model from a checkpoint's hyperparameters and load its weights.
+
+        Reading is weights-only (no code runs). ``weights_only=False`` (or
+        ``trust_checkpoint=True``) is the explicit opt-in for legacy files that pickle Python
+        objects. ``kwargs`` override stored hyperparameters.
+        """
+        if hparams_file is not None:
+            raise NotImplementedError("hparams_file is not supported: hyperparameters live in the checkpoint")
+        trust = trust_checkpoint or weights_only is False
+        ckpt = read_checkpoint(checkpoint_path, map_location=map_location, trust=trust)
+        return cls.from_checkpoint_dict(ckpt, strict=True if strict is None else strict, source=str(checkpoint_path),
+                                        **kwargs)
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict, strict: bool = True, source: str = "checkpoint", **overrides: Any):
+        sd = ckpt["state_dict"]
+        prefixes = ("backbone_model.", "head_model.") if cls.has_network else ()
+        if prefixes and not any(k.startswith(prefixes) for k in sd):
+            raise CheckpointError(
+                f"{source} is a checkpoint of another model: its weights have none of the keys "
+                f"{cls.__name__} expects (first keys: {list(sd)[:4]})")
+        hp = dict(ckpt.get("hyper_parameters") or {})
+        hp.update(overrides)
+        model = cls(**hp)
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=strict)
+        except RuntimeError as err:
+            raise CheckpointError(f"{source} does not fit {cls.__name__} built from its own hyperparameters: "
+                                  f"{str(err)[:600]}") from None
+        if missing or unexpected:
+            logger.warning("loaded %s non-strictly: missing %s, unexpected %s", source, missing, unexpected)
+        return model
+
+    # ----------------------------------------------------------------------------------------
+    # Forward
+    # ----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Network input (B, C, I, J) → pred (B, L, I, J), softmax over L."""
+        return self.head_model(self.backbone_model(x))
+
+    def prediction(self, batch: dict) -> dict:
+        """Add ``'Pred'`` (B, L, I, J), softmax over L, to the batch (which must hold ``--inputs``)."""
+        if not isinstance(batch, dict):
+            raise TypeError(f"prediction expects a batch dict such as {{'Flow': flow}}, got {type(batch).__name__}")
+        x = self.backbone_model.prepare_input(batch)
+        batch["Pred"] = self(x.to(self.device))
+        return batch
+
+    # ----------------------------------------------------------------------------------------
+    # Training plumbing
+    # ----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        name = self.hparams["optim.name"]
+        kw = dict(lr=float(self.hparams["optim.lr"]), weight_decay=float(self.hparams["optim.weight_decay"]))
+        if name == "Adam":
+            return torch.optim.Adam(self.parameters(), **kw)
+        if name == "RMSprop":
+            return torch.optim.RMSprop(self.parameters(), **kw)
+        raise ValueError(f"--optim.name must be 'Adam' or 'RMSprop', got {name!r}")
+
+    def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
+        raise NotImplementedError
+
+    def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> Tensor | None:
+        """The one step shared by train/val/test: predict, loss, log, per-frame rows."""
+        skipped = batch.get("Skipped") or []
+        if skipped:
+            self.skipped_samples.extend((stage, *s) for s in skipped)
+        if "Flow" not in batch:
+            logger.warning("%s batch %d: every sample was skipped (%d), step skipped", stage, batch_idx, len(skipped))
+            return None
+        batch = self.prediction(batch)
+        crit = self.Criterion(batch, with_parametric_flow=self.wants_figure(stage, batch_idx))
+        loss = crit["losses"].mean()
+        B = batch["Flow"].shape[0]
+        on_step = stage == "train"
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=B, sync_dist=sync)
+        self.log(f"{stage}/coherence", crit["coherence_losses"].mean(), on_step=False, on_epoch=True,
+                 batch_size=B, sync_dist=sync)
+        self.log(f"{stage}/entropy", crit["entropies"].mean(), on_step=False, on_epoch=True, batch_size=B,
+                 sync_dist=sync)
+        if stage == "val":
+            self.log("epoch_val_loss", loss, on_step=False, on_epoch=True, batch_size=B, sync_dist=True)
+        self.collect_frame_rows(batch, crit, stage, batch_idx)
+        return loss
+
+    def wants_figure(self, stage: str, batch_idx: int) -> bool:
+        return False
+
+    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> None:
+        pass
+
+    def training_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "test", batch_idx)

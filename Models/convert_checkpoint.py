@@ -1,0 +1,48 @@
+"""Convert a checkpoint that needs arbitrary unpickling (e.g. the authors' PyTorch Lightning 1.2
+files) into one that loads with ``weights_only=True`` and predicts identically.
+
+    python -m Models.convert_checkpoint OLD.ckpt NEW.ckpt
+
+Only run this on a file you trust: reading OLD unpickles whatever it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from Models.checkpoint_io import read_checkpoint, sanitise_for_safe_load
+
+logger = logging.getLogger(__name__)
+
+
+def convert_checkpoint(src: str, dst: str, overwrite: bool = False) -> dict:
+    """Read ``src`` (trusted), keep its weights, hyperparameters and training counters, write ``dst``."""
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"{dst!r} exists; pass --overwrite to replace it")
+    ckpt = sanitise_for_safe_load(read_checkpoint(src, trust=True))
+    tmp = f"{dst}.tmp{os.getpid()}"
+    torch.save(ckpt, tmp)
+    torch.load(tmp, map_location="cpu", weights_only=True)  # prove it loads safely before publishing
+    os.replace(tmp, dst)
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", help="checkpoint to convert (trusted)")
+    parser.add_argument("dst", help="where to write the safe checkpoint")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ckpt = convert_checkpoint(args.src, args.dst, args.overwrite)
+    print(f"wrote {args.dst}: {len(ckpt['state_dict'])} tensors, keys {sorted(ckpt)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
