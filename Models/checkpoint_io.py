@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import zipfile
 from typing import Any
 
 import torch
@@ -40,18 +39,22 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trust: b
         raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # torch raises many kinds on junk; all mean "not loadable as is"
+        text = str(err)
+        needs_unpickling = isinstance(err, pickle.UnpicklingError) and (
+            "Weights only load failed" in text or "Unsupported global" in text)
+        if not needs_unpickling:
+            first = (text.splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: "
+                                  f"{type(err).__name__}: {first}") from None
         if not trust:
-            found = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln][:1]
+            found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln][:1]
             what = f" ({found[0][:200]})" if found else ""
             raise UnsafeCheckpointError(
                 f"checkpoint {path!r} holds pickled Python objects that a safe (weights-only) load refuses"
                 f"{what}. {TRUST_HINT}") from None
         logger.warning("loading %s with arbitrary unpickling, as explicitly allowed", path)
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = (str(err).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: {first}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path!r} is not a model checkpoint: no 'state_dict' (found {keys})")

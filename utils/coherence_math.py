@@ -31,9 +31,10 @@ V_DISTANCES: tuple[str, ...] = ("squared", "l1", "l2")
 THETA_METHODS: tuple[str, ...] = ("IRLS", "OLS", "Optim")
 ENTROPY_FLOOR = 1e-4
 
-# Relative ridge added to the normal matrices (of the conditioned basis, so it moves θ by about
-# this relative amount at most); the absolute term keeps an all-zero mask finite (θ = 0).
-RIDGE_REL = 1e-7
+# Relative ridge added to the normal matrices (of the conditioned basis), by working precision:
+# near the float32 accumulation error of the matrices, so it costs no accuracy that float32 had.
+# The absolute term keeps an all-zero mask finite (θ = 0).
+RIDGE_REL = {torch.float32: 1e-7, torch.float64: 1e-12}
 RIDGE_ABS = 1e-30
 
 
@@ -106,8 +107,9 @@ def make_basis(param_model: str, img_size: Sequence[int], centered: bool = False
 
 
 @functools.lru_cache(maxsize=32)
-def _conditioning(param_model: str, I: int, J: int, device_str: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(X' float32 (N, ft), X'⊗X' float32 (N, ft²), M float64 (ft, ft)) with X' = X M."""
+def _conditioning(param_model: str, I: int, J: int, device_str: str,
+                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    """(X' (N, ft), X'⊗X' (N, ft²), both in ``dtype``, M float64 (ft, ft)) with X' = X M."""
     device = torch.device(device_str)
     X = make_basis(param_model, (I, J), device=device, dtype=torch.float64)
     Xc = make_basis(param_model, (I, J), centered=True, device=device, dtype=torch.float64)
@@ -115,13 +117,14 @@ def _conditioning(param_model: str, I: int, J: int, device_str: str) -> tuple[Te
     M = torch.linalg.lstsq(X.cpu(), Xc.cpu()).solution.to(device)
     ft = X.shape[1]
     XX = (Xc[:, :, None] * Xc[:, None, :]).reshape(-1, ft * ft)
-    return Xc.float(), XX.float(), M
+    return Xc.to(dtype), XX.to(dtype), M
 
 
-def conditioned_basis(param_model: str, img_size: Sequence[int], device=None) -> tuple[Tensor, Tensor, Tensor]:
+def conditioned_basis(param_model: str, img_size: Sequence[int], device=None,
+                      dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
     """Cached ``(Xc (N, ft), XcXc (N, ft²), M (ft, ft))`` with ``Xc = X @ M``; do not modify."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    return _conditioning(param_model, int(img_size[0]), int(img_size[1]), str(device))
+    return _conditioning(param_model, int(img_size[0]), int(img_size[1]), str(device), dtype)
 
 
 def theta_to_original(theta_c: Tensor, M: Tensor) -> Tensor:
@@ -180,13 +183,14 @@ def parametric_flow(pred: Tensor, Xc: Tensor, theta_c: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 def _solve_normal(A: Tensor, rhs: Tensor) -> Tensor:
     """Batched ridge-regularised Cholesky solve in float64: A (..., ft, ft), rhs (..., ft, C)."""
+    ridge = RIDGE_REL.get(A.dtype, RIDGE_REL[torch.float32])
     A = A.double()
     ft = A.shape[-1]
     scale = A.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
     eye = torch.eye(ft, dtype=A.dtype, device=A.device)
-    A = A + (RIDGE_REL * scale + RIDGE_ABS) * eye
+    A = A + (ridge * scale + RIDGE_ABS) * eye
     chol, _ = torch.linalg.cholesky_ex(A)  # no error check: no device sync; A is PD by the ridge
-    return torch.cholesky_solve(rhs.double(), chol).float()
+    return torch.cholesky_solve(rhs.double(), chol).to(rhs.dtype)
 
 
 def weighted_lstsq(Xc: Tensor, XX: Tensor, Y: Tensor, W: Tensor) -> Tensor:
@@ -279,19 +283,21 @@ def fit_theta_optim(pred: Tensor, flow: Tensor, Xc: Tensor, XX: Tensor, v_distan
 
 def fit_theta(pred: Tensor, flow: Tensor, param_model: str, v_distance: str, theta_method: str = "IRLS",
               **solver_kw) -> tuple[Tensor, Tensor, Tensor]:
-    """Fit θ for every layer; inputs are detached and read in float32 (autocast off).
+    """Fit θ for every layer; inputs are detached, autocast is off.
 
-    pred (B, L, I, J), flow (B, 2, I, J) → (θ' (B, L, ft, 2) in the conditioned basis,
+    Works in float32 (float16/bfloat16 inputs are upcast), or in float64 when either input is
+    float64. pred (B, L, I, J), flow (B, 2, I, J) → (θ' (B, L, ft, 2) in the conditioned basis,
     Xc (N, ft), M (ft, ft)); θ in the original basis is ``theta_to_original(θ', M)``.
     """
     check_pred_flow(pred, flow)
     check_theta_method(theta_method)
     check_v_distance(v_distance)
     B, L, I, J = pred.shape
-    Xc, XX, M = conditioned_basis(param_model, (I, J), pred.device)
+    dtype = torch.float64 if torch.float64 in (pred.dtype, flow.dtype) else torch.float32
+    Xc, XX, M = conditioned_basis(param_model, (I, J), pred.device, dtype)
     with torch.no_grad(), torch.autocast(pred.device.type, enabled=False):
-        p = pred.detach().reshape(B, L, I * J).float()
-        f = flow.detach().reshape(B, 2, I * J).float()
+        p = pred.detach().reshape(B, L, I * J).to(dtype)
+        f = flow.detach().reshape(B, 2, I * J).to(dtype)
         if theta_method == "OLS" or v_distance == "squared":
             theta_c = fit_theta_ols(p, f, Xc, XX)
         elif theta_method == "IRLS":

@@ -15,11 +15,13 @@ from utils import coherence_math as cm
 class ClassicalEM(CoherenceNet):
     """Mixture of L parametric motions fitted by EM to each flow, independently.
 
-    Initialisation is deterministic and comes from the flow: one robust global motion is fitted,
-    and pixels are split into L bands by their residual to it (layer 0 = the best-fitting band,
-    usually the background). Then ``em_iterations`` times: M-step θ_k fitted to pred_k (the
-    configured ``theta_method``); E-step pred_k ∝ π_k · exp(−d_k / σ), with π_k the layer's mean
-    weight and σ the current mean weighted residual (the Laplace / Gaussian scale estimate).
+    Initialisation is deterministic and comes from the flow (sequential robust fits): a robust
+    (l1 IRLS) motion is fitted to all pixels, its inliers (residual below 2.5 × the median
+    residual) form layer 0, usually the background; the same is repeated on the remaining pixels
+    for layers 1 … L−2, and layer L−1 takes what is left. Then ``em_iterations`` times: M-step θ_k
+    fitted to pred_k (``theta_method``); E-step pred_k ∝ π_k · p(d_k | s_k), a Laplace (l1, l2) or
+    Gaussian (squared) likelihood of the residual with a per-layer scale s_k estimated from the
+    weighted residuals and mixing weights π_k = mean pred_k.
     """
 
     HPARAM_DEFAULTS: dict[str, Any] = {"em_iterations": 20}
@@ -28,7 +30,6 @@ class ClassicalEM(CoherenceNet):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.em_iterations = int(self.hparams["em_iterations"])
-        # A parameterless module is fine for inference; Lightning needs no optimiser for it.
 
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -41,16 +42,21 @@ class ClassicalEM(CoherenceNet):
 
     def _initial_masks(self, flow: Tensor) -> Tensor:
         B, _, I, J = flow.shape
-        L = self.L
-        ones = torch.ones(B, 1, I, J, dtype=flow.dtype, device=flow.device)
-        theta_c, Xc, _ = cm.fit_theta(ones, flow, self.param_model, "l1", "IRLS")
-        r = (flow.reshape(B, 1, 2, I * J) - cm.layer_flows(Xc, theta_c)).abs().sum(2)[:, 0]  # (B, N)
-        if L == 1:
-            return ones
-        ranks = r.argsort(1).argsort(1).float() / (I * J)  # in [0, 1)
-        band = torch.clamp((ranks * L).long(), max=L - 1)
-        pred = torch.nn.functional.one_hot(band, L).permute(0, 2, 1).to(flow.dtype)
-        return (0.9 * pred + 0.1 / L).reshape(B, L, I, J)
+        N = I * J
+        remaining = torch.ones(B, N, dtype=flow.dtype, device=flow.device)
+        f = flow.reshape(B, 1, 2, N)
+        layers = []
+        for _ in range(self.L - 1):
+            theta_c, Xc, _ = cm.fit_theta(remaining.reshape(B, 1, I, J), flow, self.param_model, "l1", "IRLS")
+            r = (f - cm.layer_flows(Xc, theta_c)).abs().sum(2)[:, 0]  # (B, N)
+            masked = torch.where(remaining > 0, r, torch.full_like(r, float("nan")))
+            scale = masked.nanmedian(1).values.nan_to_num(0.0)[:, None] + 1e-6
+            inliers = (r < 2.5 * scale).to(flow.dtype) * remaining
+            layers.append(inliers)
+            remaining = remaining - inliers
+        layers.append(remaining)
+        hard = torch.stack(layers, 1)  # (B, L, N), a partition
+        return (0.9 * hard + 0.1 / self.L).reshape(B, self.L, I, J)
 
     @torch.no_grad()
     def prediction(self, batch: dict) -> dict:
@@ -60,13 +66,17 @@ class ClassicalEM(CoherenceNet):
         B, _, I, J = flow.shape
         pred = self._initial_masks(flow)
         f = flow.reshape(B, 1, 2, I * J)
+        floor = 1e-3 * flow.abs().mean((1, 2, 3))[:, None, None] + 1e-6  # (B, 1, 1)
+        gaussian = self.v_distance == "squared"
         for _ in range(self.em_iterations):
             theta_c, Xc, _ = cm.fit_theta(pred, flow, self.param_model, self.v_distance, self.theta_method)
             d = cm.residual_distance(f - cm.layer_flows(Xc, theta_c), self.v_distance, dim=2)  # (B, L, N)
             p = pred.reshape(B, self.L, I * J)
-            sigma = (p * d).sum((1, 2)) / (I * J) + 1e-6  # (B,)
-            log_pi = torch.log(p.mean(2).clamp(min=1e-6))  # (B, L)
-            pred = torch.softmax(log_pi[..., None] - d / sigma[:, None, None], dim=1).reshape(B, self.L, I, J)
+            mass = p.sum(2, keepdim=True).clamp(min=1e-6)  # (B, L, 1)
+            scale = ((p * d).sum(2, keepdim=True) / mass / (1.0 if gaussian else 2.0)).clamp(min=floor)
+            log_norm = torch.log(scale) * (1.0 if gaussian else 2.0)
+            log_pi = torch.log(mass / (I * J))
+            pred = torch.softmax(log_pi - log_norm - d / scale, dim=1).reshape(B, self.L, I, J)
         batch["Pred"] = pred
         return batch
 

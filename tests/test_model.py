@@ -1,0 +1,208 @@
+"""The model: authors' layout and checkpoints, hyperparameters, a CPU training step, safe loading."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from evaluationmodule.BinarisationModule import BinarisationModule
+from Models.checkpoint_io import CheckpointError, UnsafeCheckpointError
+from Models.CoherenceNets.ClassicalEM import ClassicalEM
+from Models.CoherenceNets.MethodeB import MethodeB
+from Models.convert_checkpoint import convert_checkpoint
+from utils import coherence_math as cm
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+LEGACY = os.path.join(DATA, "legacy_small.ckpt")
+SMALL = {"unet.num_layers": 4, "unet.features_start": 16, "img_size": [128, 224]}
+
+
+@pytest.fixture(scope="module")
+def legacy():
+    return torch.load(LEGACY, map_location="cpu", weights_only=False)
+
+
+def test_state_dict_layout_matches_authors(legacy):
+    hp = legacy["hyper_parameters"]
+    model = MethodeB(**hp)  # every stored flag, Trainer ones included, is accepted
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in legacy["state_dict"].items()}
+    assert mine == theirs
+    assert torch.equal(model.XoT, legacy["state_dict"]["XoT"])
+
+
+def test_legacy_checkpoint_needs_opt_in_and_predicts_like_authors():
+    with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint") as err:
+        MethodeB.load_from_checkpoint(LEGACY)
+    assert "convert_checkpoint" in str(err.value)
+    model = MethodeB.load_from_checkpoint(LEGACY, weights_only=False).eval()
+    flow = torch.tensor(np.load(os.path.join(DATA, "blackswan_flow_128x224.npy")))
+    ref = np.load(os.path.join(DATA, "blackswan_pred_legacy_small.npy"))
+    with torch.no_grad():
+        pred = model.prediction({"Flow": flow[None]})["Pred"][0].numpy()
+    assert pred.shape == ref.shape == (3, 128, 224)
+    assert np.abs(pred - ref).max() < 1e-5
+
+
+def test_converted_checkpoint_loads_safely_and_predicts_identically(tmp_path):
+    out = tmp_path / "safe.ckpt"
+    convert_checkpoint(LEGACY, str(out))
+    torch.load(out, map_location="cpu", weights_only=True)  # no unpickling needed
+    a = MethodeB.load_from_checkpoint(LEGACY, weights_only=False).eval()
+    b = MethodeB.load_from_checkpoint(str(out)).eval()
+    flow = torch.randn(1, 2, 128, 224)
+    with torch.no_grad():
+        assert torch.equal(a.prediction({"Flow": flow})["Pred"], b.prediction({"Flow": flow})["Pred"])
+    with pytest.raises(FileExistsError):
+        convert_checkpoint(LEGACY, str(out))
+
+
+def test_own_checkpoint_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = MethodeB(**SMALL, nAffineMasks=3, param_model="Affine").eval()
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    again = MethodeB.load_from_checkpoint(str(path)).eval()
+    assert again.hparams["nAffineMasks"] == 3 and again.param_model == "Affine"
+    flow = torch.randn(2, 2, 128, 224)
+    with torch.no_grad():
+        assert torch.equal(model.prediction({"Flow": flow})["Pred"], again.prediction({"Flow": flow})["Pred"])
+
+
+def test_bad_checkpoints_say_what_is_wrong(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        MethodeB.load_from_checkpoint(str(tmp_path / "missing.ckpt"))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        MethodeB.load_from_checkpoint(str(junk))
+    weights_only = tmp_path / "weights.pt"
+    torch.save({"layer.weight": torch.zeros(2)}, weights_only)
+    with pytest.raises(CheckpointError, match="no 'state_dict'"):
+        MethodeB.load_from_checkpoint(str(weights_only))
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(3)}, "hyper_parameters": {}}, other)
+    with pytest.raises(CheckpointError, match="checkpoint of another model"):
+        MethodeB.load_from_checkpoint(str(other))
+    mismatch = tmp_path / "mismatch.ckpt"
+    sd = MethodeB(**SMALL).state_dict()
+    torch.save({"state_dict": sd, "hyper_parameters": {**SMALL, "unet.features_start": 8}}, mismatch)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        MethodeB.load_from_checkpoint(str(mismatch))
+
+
+def test_hyperparameters_defaults_and_parser():
+    parser = MethodeB.add_specific_args(argparse.ArgumentParser())
+    args = vars(parser.parse_args([]))
+    expected = {"nAffineMasks": 2, "param_model": "Quadratic", "v_distance": "l1", "theta_method": "IRLS",
+                "entropy_weight": 0.01, "binary_method": "exceptbiggest", "unet.num_layers": 7,
+                "unet.features_start": 64, "features_backbone": 32, "backbone": "unet",
+                "inner_normalisation": "InstanceNorm", "train_bn": False, "bilinear": False,
+                "padding_mode": "reflect", "inputs": ["Flow"], "optim.name": "Adam", "optim.lr": 1e-4,
+                "optim.weight_decay": 0.0}
+    for key, value in expected.items():
+        assert args[key] == value, key
+    short = vars(parser.parse_args(["-L", "4", "-inm", "None", "--theta_method", "Optim"]))
+    assert short["nAffineMasks"] == 4 and short["inner_normalisation"] == "None"
+    model = MethodeB(**{**short, **SMALL, "max_epochs": 3, "gpus": 1})  # unknown names are ignored
+    assert model.L == 4 and model.theta_method == "Optim"
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules())
+    with pytest.raises(ValueError, match="v_distance"):
+        MethodeB(v_distance="l7", **SMALL)
+
+
+def test_inputs_are_concatenated_in_order():
+    model = MethodeB(**SMALL, inputs=["Image", "Flow"])
+    assert model.backbone_model.model.layers[0].net[0].in_channels == 5
+    batch = {"Flow": torch.randn(2, 2, 64, 96), "Image": torch.rand(2, 3, 64, 96) - 0.5}
+    x = model.backbone_model.prepare_input(batch)
+    assert torch.equal(x[:, :3], batch["Image"]) and torch.equal(x[:, 3:], batch["Flow"])
+    with pytest.raises(KeyError, match="Image"):
+        model.prediction({"Flow": batch["Flow"]})
+    with pytest.raises(ValueError, match=r"expected Flow \(B, 2, I, J\)"):
+        MethodeB(**SMALL).prediction({"Flow": torch.randn(2, 3, 64, 96)})
+
+
+def test_bilinear_and_batchnorm_variants_build_and_run():
+    model = MethodeB(**SMALL, bilinear=True, inner_normalisation="BatchNorm", train_bn=True)
+    out = model.prediction({"Flow": torch.randn(2, 2, 37, 53)})["Pred"]  # odd sizes are padded back
+    assert out.shape == (2, 2, 37, 53)
+    assert torch.allclose(out.sum(1), torch.ones(2, 37, 53), atol=1e-5)
+
+
+def test_default_configuration_size():
+    model = MethodeB()  # the paper's network: build it, do not train it
+    n = sum(p.numel() for p in model.parameters())
+    assert 490e6 < n < 505e6, n
+
+
+def test_small_training_step_on_cpu():
+    torch.manual_seed(0)
+    model = MethodeB(**SMALL)
+    opt = model.configure_optimizers()
+    flow = torch.randn(10, 2, 128, 224)
+    gt = (torch.rand(10, 128, 224) > 0.5).long()
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = {"Flow": flow, "GtMask": gt}
+    batch = model.prediction(batch)
+    crit = model.Criterion(batch)
+    for key in ("losses", "coherence_losses", "entropies"):
+        assert crit[key].shape == (10,) and torch.isfinite(crit[key]).all()
+    assert batch["theta"].shape == (10, 2, 6, 2)
+    assert batch["ParametricFlow"].shape == (10, 2, 128, 224)
+    opt.zero_grad()
+    crit["losses"].mean().backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    metrics = model.frame_metrics(batch)
+    assert batch["PredMask"].shape == (10, 128, 224) and batch["PredMask"].dtype == torch.bool
+    assert metrics["masks_usages"].shape == (10, 2)
+    assert torch.allclose(metrics["masks_usages"].sum(1), torch.ones(10), atol=1e-4)
+    assert ((metrics["jaccs"] >= 0) & (metrics["jaccs"] <= 1)).all()
+
+
+def test_criterion_loss_is_the_math_modules():
+    model = MethodeB(**SMALL, theta_method="OLS", nAffineMasks=3)
+    pred = torch.softmax(torch.randn(2, 3, 32, 48), 1)
+    flow = torch.randn(2, 2, 32, 48)
+    crit = model.Criterion({"Pred": pred, "Flow": flow})
+    ref = cm.em_loss(pred, flow, "Quadratic", "l1", "OLS", entropy_weight=0.01)
+    assert torch.allclose(crit["losses"], ref["losses"])
+
+
+def test_binarisation_methods_by_hand():
+    pred = torch.zeros(1, 3, 2, 4)
+    labels = torch.tensor([[0, 0, 0, 1], [0, 0, 2, 2]])  # label 0 is the biggest
+    pred[0] = torch.nn.functional.one_hot(labels, 3).permute(2, 0, 1).float()
+    fg = BinarisationModule.exceptbiggest(pred)[0]
+    assert torch.equal(fg, labels != 0)
+    gt = torch.tensor([[[0, 0, 0, 1], [0, 0, 1, 0]]])  # label 1 fully inside, label 2 half inside
+    fair = BinarisationModule.fair(pred, gt)[0]
+    assert torch.equal(fair, labels == 1)
+    d = BinarisationModule("fair").binarise({"Pred": pred, "GtMask": gt})
+    assert torch.equal(d["PredMask"], fair[None])
+    with pytest.raises(KeyError, match="GtMask"):
+        BinarisationModule("fair").binarise({"Pred": pred})
+    with pytest.raises(ValueError, match="binary_method"):
+        BinarisationModule("largest")
+
+
+def test_classical_em_separates_two_motions():
+    I, J = 48, 64
+    flow = torch.zeros(1, 2, I, J)
+    flow[0, 0] = 0.5  # background translates right
+    obj = torch.zeros(I, J, dtype=torch.bool)
+    obj[12:30, 20:44] = True
+    flow[0, 1][obj] = -2.0  # object moves up
+    flow[0, 0][obj] = 0.0
+    flow += 0.05 * torch.randn(flow.shape, generator=torch.Generator().manual_seed(0))
+    model = ClassicalEM(nAffineMasks=2, img_size=[I, J])
+    batch = model.prediction({"Flow": flow, "GtMask": obj[None].long()})
+    jacc = model.frame_metrics(batch)["jaccs"].item()
+    assert jacc > 0.95
+    again = model.prediction({"Flow": flow})["Pred"]
+    assert torch.equal(again, batch["Pred"])  # deterministic
