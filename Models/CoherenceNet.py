@@ -17,6 +17,23 @@ from utils.evaluations import db_eval_iou
 logger = logging.getLogger(__name__)
 
 
+def materialise_rows(pending: list[dict]) -> list[dict]:
+    """Turn batches of per-frame tensors into rows ``epoch, step_label, file_name, losses, jaccs,
+    masks_usages, index`` (one host transfer per batch)."""
+    rows = []
+    for p in pending:
+        losses = p["losses"].float().cpu().tolist()
+        n = len(losses)
+        jaccs = p["jaccs"].float().cpu().tolist() if p["jaccs"] is not None else [""] * n
+        usages = p["masks_usages"].float().cpu().tolist()
+        index = p["index"].tolist() if isinstance(p["index"], Tensor) else [None] * n
+        for i in range(n):
+            rows.append({"epoch": p["epoch"], "step_label": p["step_label"], "file_name": p["file_name"][i],
+                         "losses": losses[i], "jaccs": jaccs[i],
+                         "masks_usages": " ".join(f"{u:.4f}" for u in usages[i]), "index": index[i]})
+    return rows
+
+
 class CoherenceNet(LitSegmentationModel):
     """Segmentation network trained by the coherence loss (DESIGN.md §1).
 
@@ -50,6 +67,8 @@ class CoherenceNet(LitSegmentationModel):
         # The authors' checkpoints store the basis; keeping it keeps their state dicts loadable.
         self.register_buffer("XoT", cm.make_basis(self.param_model, hp["img_size"]))
         self.figure_batch: dict | None = None
+        #: set by the evaluation runner when its figures show the parametric flow
+        self.test_outputs_need_parametric_flow = False
 
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -94,6 +113,8 @@ class CoherenceNet(LitSegmentationModel):
 
     # ----------------------------------------------------------------------------------------
     def wants_figure(self, stage: str, batch_idx: int) -> bool:
+        if stage == "test":
+            return self.test_outputs_need_parametric_flow
         return stage == "val" and batch_idx == 0 and self.figure_batch is None
 
     @torch.no_grad()
@@ -106,31 +127,35 @@ class CoherenceNet(LitSegmentationModel):
         return out
 
     @torch.no_grad()
-    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> None:
+    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> list[dict]:
         metrics = self.frame_metrics(batch)
+        B = batch["Flow"].shape[0]
         if "jaccs" in metrics:
             self.log(f"{stage}/jacc", metrics["jaccs"].float().mean(), on_step=False, on_epoch=True,
-                     batch_size=batch["Flow"].shape[0], sync_dist=stage != "train", prog_bar=stage != "train")
-        # One host transfer per batch: rows are cheap to build from CPU tensors.
-        losses = crit["losses"].detach().float().cpu().tolist()
-        usages = metrics["masks_usages"].cpu().tolist()
-        jaccs = metrics["jaccs"].cpu().tolist() if "jaccs" in metrics else [float("nan")] * len(losses)
-        names = batch.get("FlowPath") or [f"{stage}_{batch_idx}_{i}" for i in range(len(losses))]
-        index = batch.get("Index")
-        index = index.tolist() if isinstance(index, Tensor) else [None] * len(losses)
-        for i in range(len(losses)):
-            self.frame_rows.append({
-                "epoch": int(self.current_epoch), "step_label": stage, "file_name": names[i],
-                "losses": losses[i], "jaccs": jaccs[i],
-                "masks_usages": " ".join(f"{u:.4f}" for u in usages[i]), "index": index[i],
-            })
-        if self.wants_figure(stage, batch_idx):
+                     batch_size=B, sync_dist=stage != "train", prog_bar=stage != "train")
+        # Kept on the device as tensors: converting to Python rows here would sync every step.
+        pending = {
+            "epoch": int(self.current_epoch), "step_label": stage,
+            "file_name": list(batch.get("FlowPath") or [f"{stage}_{batch_idx}_{i}" for i in range(B)]),
+            "losses": crit["losses"].detach(), "jaccs": metrics.get("jaccs"),
+            "masks_usages": metrics["masks_usages"], "index": batch.get("Index"),
+        }
+        self.frame_rows.append(pending)
+        rows = materialise_rows([pending]) if stage == "test" else []
+        if stage == "val" and self.wants_figure(stage, batch_idx):
             n = self.n_figure_frames
             self.figure_batch = {k: v[:n].detach().cpu() for k, v in batch.items()
                                  if isinstance(v, Tensor) and v.dim() >= 3}
             for k in ("FlowPath", "ImagePath"):
                 if k in batch:
                     self.figure_batch[k] = list(batch[k][:n])
+        return rows
+
+    def take_frame_rows(self) -> list[dict]:
+        """The per-frame rows collected since the last call, as plain dicts (then forgotten)."""
+        rows = materialise_rows(self.frame_rows)
+        self.frame_rows.clear()
+        return rows
 
     def on_validation_epoch_start(self) -> None:
         self.figure_batch = None

@@ -207,14 +207,15 @@ class LitSegmentationModel(pl.LightningModule):
                  sync_dist=sync)
         if stage == "val":
             self.log("epoch_val_loss", loss, on_step=False, on_epoch=True, batch_size=B, sync_dist=True)
-        self.collect_frame_rows(batch, crit, stage, batch_idx)
+        batch["FrameRows"] = self.collect_frame_rows(batch, crit, stage, batch_idx)
         return loss
 
     def wants_figure(self, stage: str, batch_idx: int) -> bool:
         return False
 
-    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> None:
-        pass
+    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> list[dict]:
+        """Per-frame result rows of this batch (also kept in ``self.frame_rows``)."""
+        return []
 
     def training_step(self, batch: dict, batch_idx: int):
         return self._step(batch, "train", batch_idx)
@@ -223,4 +224,7 @@ class LitSegmentationModel(pl.LightningModule):
         return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "test", batch_idx)
+        """Returns the batch, now holding ``Pred``, ``PredMask``, ``theta``, ``ParametricFlow`` and
+        ``FrameRows``, for callbacks that write per-frame outputs."""
+        self._step(batch, "test", batch_idx)
+        return batch

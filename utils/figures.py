@@ -46,7 +46,14 @@ def image_to_rgb(image: Any) -> np.ndarray:
     return ((im.transpose(1, 2, 0) + 0.5) * 255).clip(0, 255).astype(np.uint8)
 
 
-def frame_panels(sample: dict, jacc: float | None = None) -> list[tuple[str, np.ndarray, dict]]:
+def labels_to_rgb(pred: Any) -> np.ndarray:
+    """Argmax of soft masks (L, I, J) → uint8 (I, J, 3), one colour per label."""
+    p = _np(pred)
+    colours = (plt.get_cmap("tab10")(np.arange(p.shape[0]) % 10)[:, :3] * 255).astype(np.uint8)
+    return colours[p.argmax(0)]
+
+
+def frame_panels(sample: dict, jacc: float | None = None, argmax: bool = False) -> list[tuple[str, np.ndarray, dict]]:
     """The panels of one frame's figure, from whatever the sample holds (tensors without batch dim)."""
     panels: list[tuple[str, np.ndarray, dict]] = []
     if "Image" in sample:
@@ -55,7 +62,10 @@ def frame_panels(sample: dict, jacc: float | None = None) -> list[tuple[str, np.
         panels.append(("flow", flow_to_rgb(sample["Flow"]), {}))
     if "Pred" in sample:
         L = sample["Pred"].shape[0]
-        panels.append((f"masks (L={L})", masks_to_rgb(sample["Pred"]), {}))
+        if argmax:
+            panels.append((f"argmax of {L} masks", labels_to_rgb(sample["Pred"]), {}))
+        else:
+            panels.append((f"masks (L={L})", masks_to_rgb(sample["Pred"]), {}))
     if "PredMask" in sample:
         panels.append(("binary mask", _np(sample["PredMask"]).astype(float), {"cmap": "gray", "vmin": 0, "vmax": 1}))
     if "GtMask" in sample:
@@ -66,14 +76,14 @@ def frame_panels(sample: dict, jacc: float | None = None) -> list[tuple[str, np.
     return panels
 
 
-def frames_figure(batch: dict, title: str = "", jaccs: Any = None, max_frames: int = 4):
+def frames_figure(batch: dict, title: str = "", jaccs: Any = None, max_frames: int = 4, argmax: bool = False):
     """One row per frame of a batch (tensors with a batch dim), one column per panel."""
     n = min(max_frames, next(v.shape[0] for v in batch.values() if isinstance(v, Tensor)))
     rows = []
     for b in range(n):
         sample = {k: v[b] for k, v in batch.items() if isinstance(v, Tensor) and v.dim() >= 3}
         jacc = None if jaccs is None else float(_np(jaccs)[b])
-        rows.append(frame_panels(sample, jacc))
+        rows.append(frame_panels(sample, jacc, argmax))
     ncols = max(len(r) for r in rows)
     fig, axes = plt.subplots(n, ncols, figsize=(2.6 * ncols, 1.7 * n + 0.4), squeeze=False)
     for b, panels in enumerate(rows):
@@ -93,10 +103,10 @@ def frames_figure(batch: dict, title: str = "", jaccs: Any = None, max_frames: i
     return fig
 
 
-def frame_figure(sample: dict, title: str = "", jacc: float | None = None):
+def frame_figure(sample: dict, title: str = "", jacc: float | None = None, argmax: bool = True):
     """The per-frame evaluation figure: image, flow, masks, binary mask, ground truth, parametric flow."""
     batch = {k: (v[None] if isinstance(v, Tensor) else v) for k, v in sample.items()}
-    return frames_figure(batch, title=title, jaccs=None if jacc is None else [jacc], max_frames=1)
+    return frames_figure(batch, title=title, jaccs=None if jacc is None else [jacc], max_frames=1, argmax=argmax)
 
 
 def save_figure(fig, path: str) -> None:

@@ -1,0 +1,30 @@
+"""Evaluate a trained model on DataSplit steps: per-frame CSVs, summaries, figures, .npy, masks.
+
+    python model_eval.py --ckpt runs/exp1/last.ckpt --save_dir runs/exp1/eval --base_dir /data \
+        --data_file DataSplit/Exp6_Split --steps val test --draw_figs --save_npy --save_mask
+    python model_eval.py --model ClassicalEM --save_dir runs/em --data_file ...   # the EM baseline
+
+All logic lives in utils/evaluation_run.py; see `python model_eval.py --help`.
+"""
+
+import logging
+import sys
+
+from utils.evaluation_run import parse_args, run_evaluation
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    results = run_evaluation(args)
+    for step, res in results.items():
+        if res:
+            jacc = res["mean_jacc_frames"]
+            print(f"{step}: {res['frames']}/{res['frames_in_split']} frames, skipped {res['skipped']}, "
+                  f"mean J over frames {'n/a' if jacc is None else f'{jacc:.4f}'} → "
+                  f"{args.save_dir}/results_{step}.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Train MethodeB (EM-driven unsupervised motion segmentation).
+
+    python model_train.py                                   # built-in synthetic demo, CPU-sized
+    python model_train.py --path_save_model runs/exp1 --base_dir /data --data_file DataSplit/Exp6_Split \
+        --flow_augmentation globalmotionfullquadlight --gpus 1
+
+All logic lives in utils/training.py; see `python model_train.py --help` for every flag.
+"""
+
+import logging
+import sys
+
+from utils.training import parse_args, run_training
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = run_training(parse_args(argv))
+    if summary["path_save_model"]:
+        jacc = summary["val_jacc"]
+        print(f"\nbest checkpoint: {summary['best_checkpoint']}\nlast checkpoint: {summary['last_checkpoint']}"
+              f"\nvalidation Jaccard (last epoch): {'n/a' if jacc is None else f'{jacc:.4f}'}"
+              f"\nper-frame results: {summary['path_save_model']}/results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

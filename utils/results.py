@@ -1,0 +1,231 @@
+"""Per-frame results that survive crashes, resumes and several processes.
+
+- ``results.csv`` gets one row per frame per epoch and split (``epoch, step_label, file_name,
+  losses, jaccs, masks_usages``), appended and fsync'ed once per epoch, rows gathered from every
+  DDP process and de-duplicated (the distributed sampler pads the last batch with repeats).
+- On (re)start, rows of epochs that will be run again are dropped (atomic rewrite), so a run
+  killed between writing rows and saving its checkpoint never duplicates them.
+- ``RunLock`` keeps two runs from writing into the same directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+logger = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ["epoch", "step_label", "file_name", "losses", "jaccs", "masks_usages"]
+SKIP_COLUMNS = ["step_label", "index", "file_name", "reason"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------------
+def atomic_write_text(path: str, text: str) -> None:
+    """Write then rename: readers see the old file or the new one, never half of it."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def append_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Append rows (header first if the file is new) and fsync, so a crash keeps whole rows."""
+    if not rows:
+        return
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a CSV written by :func:`append_rows`; a torn last line (power cut) is dropped
+    with a warning, since it was never complete."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as fh:
+        text = fh.read()
+    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+    if complete != text:
+        logger.warning("%s: ignoring an incomplete last line (interrupted write)", path)
+    return list(csv.DictReader(complete.splitlines()))
+
+
+def rewrite_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class RunLockError(RuntimeError):
+    pass
+
+
+class RunLock:
+    """An exclusive lock file ``DIR/.run.lock`` holding the owner's PID. A lock whose process is
+    gone is stale and taken over; a live one makes the second run refuse to start."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, ".run.lock")
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = self._owner()
+                if pid is not None and _alive(pid):
+                    raise RunLockError(
+                        f"{os.path.dirname(self.path)!r} is in use by another run (pid {pid}); "
+                        f"choose another --path_save_model / --save_dir, or wait for it to finish") from None
+                logger.warning("removing stale lock %s (pid %s is gone)", self.path, pid)
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise RunLockError(f"could not take the lock {self.path}")
+
+    def _owner(self) -> int | None:
+        try:
+            with open(self.path) as fh:
+                return int(fh.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if self._owner() == os.getpid():
+                    os.remove(self.path)
+            finally:
+                self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# Gathering across processes
+# ------------------------------------------------------------------------------------------------
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (a list of one item without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        out: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def unique_rows(rows: Iterable[dict], key: Sequence[str]) -> list[dict]:
+    """Drop repeated rows (the distributed sampler's padding), keeping the first; rows without
+    an index are all kept."""
+    seen = set()
+    out = []
+    for row in rows:
+        k = tuple(row.get(c) for c in key)
+        if row.get("index") is not None and k in seen:
+            continue
+        seen.add(k)
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The callback
+# ------------------------------------------------------------------------------------------------
+class ResultsWriter(pl.Callback):
+    """Writes the model's per-frame rows (``model.frame_rows``) and skipped samples
+    (``model.skipped_samples``) to ``results.csv`` and ``skipped.csv`` in ``directory``."""
+
+    def __init__(self, directory: str, filename: str = "results.csv") -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, filename)
+        self.skip_path = os.path.join(directory, "skipped.csv")
+
+    # rows of epochs that the (re)started run will compute again are dropped first
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and os.path.exists(self.path):
+            start = trainer.current_epoch
+            rows = read_rows(self.path)
+            kept = [r for r in rows if int(r["epoch"]) < start]
+            if len(kept) != len(rows):
+                logger.info("results.csv: dropping %d rows of epochs >= %d that this run recomputes",
+                            len(rows) - len(kept), start)
+                rewrite_rows(self.path, kept, RESULT_COLUMNS)
+        pl_module.frame_rows.clear()
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.frame_rows.clear()
+        pl_module.skipped_samples.clear()
+
+    def flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict]:
+        rows = [r for part in gather_objects(pl_module.take_frame_rows()) for r in part]
+        skipped = [s for part in gather_objects(pl_module.skipped_samples) for s in part]
+        pl_module.frame_rows.clear()
+        pl_module.skipped_samples.clear()
+        rows = unique_rows(rows, ("epoch", "step_label", "index"))
+        if trainer.is_global_zero:
+            os.makedirs(self.directory, exist_ok=True)
+            append_rows(self.path, rows, RESULT_COLUMNS)
+            if skipped:
+                known = {(r["step_label"], r["index"]) for r in read_rows(self.skip_path)}
+                new = [dict(zip(SKIP_COLUMNS, map(str, s))) for s in skipped]
+                new = [r for r in unique_rows(new, ("step_label", "index"))
+                       if (r["step_label"], r["index"]) not in known]
+                append_rows(self.skip_path, new, SKIP_COLUMNS)
+                if new:
+                    logger.warning("%d sample(s) skipped so far this run; see %s", len(new), self.skip_path)
+        return rows
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a validate-only run has no train epoch end
+        if trainer.state.fn == "validate":
+            self.flush(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer, pl_module)

@@ -1,0 +1,114 @@
+"""Trainer flags shared by model_train.py and model_eval.py, and their mapping to a pl.Trainer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _int_or_float(v: str) -> int | float:
+    f = float(v)
+    return int(f) if f.is_integer() and "." not in v else f
+
+
+def _devices(v: str) -> Any:
+    if v == "auto":
+        return v
+    if "," in v:
+        return [int(x) for x in v.split(",") if x != ""]
+    return int(v)
+
+
+def parse_gpus(values: list[str] | None) -> int | list[int] | None:
+    """The authors' ``--gpus``: a count (``--gpus 2``) or ids (``--gpus 0 2`` or ``--gpus 0,2``)."""
+    if not values:
+        return None
+    items = [x for v in values for x in str(v).split(",") if x != ""]
+    try:
+        ids = [int(x) for x in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus expects a count or GPU ids, got {values}") from None
+    if len(ids) == 1 and not (len(values) == 1 and "," in str(values[0])):
+        return ids[0]
+    return ids
+
+
+def add_trainer_args(parser: argparse.ArgumentParser, training: bool = True) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("trainer")
+    g.add_argument("--gpus", nargs="+", default=None,
+                   help="GPUs to use: a count (--gpus 2) or ids (--gpus 0 2); sets the GPU accelerator")
+    g.add_argument("--accelerator", default="auto", help="cpu, gpu, auto …")
+    g.add_argument("--devices", type=_devices, default="auto", help="a count, ids like 0,1, or auto")
+    g.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn …")
+    g.add_argument("--num_nodes", type=int, default=1)
+    g.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed …")
+    g.add_argument("--limit_val_batches", type=_int_or_float, default=1.0)
+    g.add_argument("--limit_test_batches", type=_int_or_float, default=1.0)
+    g.add_argument("--deterministic", action="store_true", help="use deterministic algorithms")
+    g.add_argument("--seed", type=int, default=123)
+    g.add_argument("--logger", default="csv", choices=["csv", "tensorboard", "wandb", "none"],
+                   help="where metrics and figures go (wandb runs offline, no account needed)")
+    if training:
+        g.add_argument("--max_epochs", type=int, default=None)
+        g.add_argument("--max_steps", type=int, default=-1)
+        g.add_argument("--limit_train_batches", type=_int_or_float, default=1.0)
+        g.add_argument("--check_val_every_n_epoch", type=int, default=1)
+        g.add_argument("--log_every_n_steps", type=int, default=50)
+        g.add_argument("--fast_dev_run", type=_int_or_float, default=0,
+                       help="run N batches of train and val to check the setup (nothing saved)")
+        g.add_argument("--ckpt_path", default=None,
+                       help="resume from a checkpoint; 'last' = PATH_SAVE_MODEL/last.ckpt")
+    return parser
+
+
+def accelerator_and_devices(args: argparse.Namespace) -> tuple[str, Any]:
+    gpus = parse_gpus(getattr(args, "gpus", None))
+    if gpus is None:
+        return args.accelerator, args.devices
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--gpus {args.gpus}: no CUDA GPU is visible on this machine; "
+                         f"drop --gpus to train on the CPU (or use --accelerator cpu)")
+    if gpus == 0:
+        return "cpu", "auto"
+    return "gpu", gpus
+
+
+def make_logger(kind: str, save_dir: str, name: str = "logs") -> Any:
+    """A Lightning logger writing under ``save_dir``; ``none`` → False."""
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir, name=name)
+    if kind == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir, name=name)
+    if kind == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.makedirs(save_dir, exist_ok=True)
+        # offline: runs with no account and no network; sync later with `wandb sync`
+        return WandbLogger(save_dir=save_dir, offline=True, project="em-motion-segmentation")
+    raise ValueError(f"--logger must be csv, tensorboard, wandb or none, got {kind!r}")
+
+
+def trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    accelerator, devices = accelerator_and_devices(args)
+    kw: dict[str, Any] = dict(accelerator=accelerator, devices=devices, strategy=args.strategy,
+                              num_nodes=args.num_nodes, precision=args.precision,
+                              limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
+                              deterministic=True if args.deterministic else None)
+    for name in ("max_epochs", "max_steps", "limit_train_batches", "check_val_every_n_epoch", "log_every_n_steps",
+                 "fast_dev_run"):
+        if hasattr(args, name):
+            kw[name] = getattr(args, name)
+    return kw

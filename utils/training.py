@@ -1,0 +1,146 @@
+"""Training: the wiring behind model_train.py, importable by tests and notebooks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from csvflowdatamodule.CsvDataModule import CsvDataModule
+from Models.CoherenceNets.MethodeB import MethodeB
+from utils.results import RunLock, atomic_write_json
+from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
+
+logger = logging.getLogger(__name__)
+
+#: the built-in demo: what a 2-core CPU trains in a few minutes (used when no --data_file is given,
+#: for every flag the user did not set)
+DEMO_DEFAULTS: dict[str, Any] = {
+    "unet.num_layers": 4,
+    "unet.features_start": 16,
+    "max_epochs": 4,
+    "flow_augmentation": "globalmotionfullquadlight",
+    "optim.lr": 1e-3,
+}
+PAPER_MAX_EPOCHS = 100
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train the EM-driven motion segmentation model (MethodeB). Without --data_file it "
+                    "trains a CPU-sized model on the built-in synthetic dataset.")
+    parser.add_argument("--path_save_model", default=None,
+                        help="directory for checkpoints, results.csv, logs and hyperparameters")
+    parser.add_argument("--model_type", default="coherence_B", choices=["coherence_B"],
+                        help="the authors' name for MethodeB")
+    MethodeB.add_specific_args(parser)
+    CsvDataModule.add_specific_args(parser)
+    add_trainer_args(parser, training=True)
+    return parser
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations the user set on the command line (not left at their defaults)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:  # same flags, every default suppressed
+        if not action.option_strings or action.dest == "help":
+            continue
+        kw: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
+        if action.nargs == 0:
+            kw["action"] = "store_const"
+            kw["const"] = action.const
+        else:
+            kw["nargs"] = action.nargs
+        probe.add_argument(*action.option_strings, **kw)
+    known, _ = probe.parse_known_args(argv)
+    return set(vars(known))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.demo = args.data_file is None
+    if args.demo:
+        given = explicit_flags(parser, argv)
+        for key, value in DEMO_DEFAULTS.items():
+            if key not in given:
+                setattr(args, key, value)
+    elif args.max_epochs is None:
+        args.max_epochs = PAPER_MAX_EPOCHS
+    return args
+
+
+def _is_rank_zero_process() -> bool:
+    # DDP launches one copy of this script per device; only the first owns the run directory.
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def run_training(args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``MethodeB`` as the arguments say; return a summary (paths and final metrics)."""
+    if args.demo:
+        logger.warning("no --data_file given: training a CPU-sized model (%s) on the built-in synthetic "
+                       "dataset — pass --data_file to train on your own DataSplit",
+                       ", ".join(f"{k}={getattr(args, k)}" for k in DEMO_DEFAULTS))
+    pl.seed_everything(args.seed, workers=True)
+    dm = CsvDataModule.from_args(args, request=sorted(set(args.inputs) | {"Flow", "GtMask", "Image"}))
+    save_dir = args.path_save_model
+    if save_dir is None and not args.fast_dev_run:
+        save_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        logger.warning("no --path_save_model given: saving under %s", save_dir)
+    hparams = {k: v for k, v in vars(args).items() if k not in ("demo",)}
+    hparams["base_dir"], hparams["data_file"] = dm.base_dir, dm.data_path
+    model = MethodeB(**hparams)
+
+    lock = None
+    callbacks: list[pl.Callback] = []
+    ckpt_cb = None
+    if save_dir is not None:
+        from utils.results import ResultsWriter
+
+        if _is_rank_zero_process():
+            lock = RunLock(save_dir).acquire()
+        ckpt_cb = ModelCheckpoint(dirpath=save_dir, filename="{epoch}-{epoch_val_loss:.5f}",
+                                  monitor="epoch_val_loss", mode="min", save_top_k=1, save_last=True)
+        callbacks += [ckpt_cb, ResultsWriter(save_dir)]
+    ckpt_path = args.ckpt_path
+    if ckpt_path == "last" and save_dir is not None:
+        ckpt_path = os.path.join(save_dir, "last.ckpt")
+        if not os.path.exists(ckpt_path):
+            raise SystemExit(f"--ckpt_path last: {ckpt_path} does not exist (nothing to resume)")
+    try:
+        lg = make_logger(args.logger, save_dir, name="logs") if save_dir is not None else False
+        trainer = pl.Trainer(logger=lg, callbacks=callbacks, default_root_dir=save_dir,
+                             enable_checkpointing=ckpt_cb is not None, **trainer_kwargs(args))
+        if save_dir is not None and trainer.is_global_zero:
+            atomic_write_json(os.path.join(save_dir, "hparams.json"), hparams)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    finally:
+        if lock is not None:
+            lock.release()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    summary = {
+        "path_save_model": save_dir,
+        "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else None,
+        "last_checkpoint": ckpt_cb.last_model_path if ckpt_cb else None,
+        "epochs": trainer.current_epoch,
+        "val_jacc": metrics.get("val/jacc"),
+        "epoch_val_loss": metrics.get("epoch_val_loss"),
+        "skipped_samples": _count_lines(os.path.join(save_dir, "skipped.csv")) if save_dir else 0,
+    }
+    if save_dir is not None and trainer.is_global_zero:
+        atomic_write_json(os.path.join(save_dir, "train_summary.json"), summary)
+    return summary
+
+
+def _count_lines(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        return max(0, sum(1 for _ in fh) - 1)
