@@ -184,8 +184,9 @@ class ResultsWriter(pl.Callback):
         self.path = os.path.join(directory, filename)
         self.skip_path = os.path.join(directory, "skipped.csv")
 
-    # rows of epochs that the (re)started run will compute again are dropped first
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    # rows of epochs that the (re)started run will compute again are dropped first (on_train_start:
+    # by then a resumed run's epoch counter is restored, on_fit_start is too early)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and os.path.exists(self.path):
             start = trainer.current_epoch
             rows = read_rows(self.path)

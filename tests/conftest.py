@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny synthetic DataSplit made once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The suite must fit 2 CPU cores; torch's own threads compete with DataLoader workers otherwise.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tmp_path_factory) -> tuple[str, str]:
+    """(base_dir, data_file prefix) of a 24/8/8-sample synthetic split at 64 × 112."""
+    from csvflowdatamodule.synthetic import make_synthetic_split
+
+    out = tmp_path_factory.mktemp("tiny_split")
+    prefix = make_synthetic_split(str(out), "tiny", n_train=24, n_val=8, n_test=8, img_size=(64, 112), seed=3)
+    return str(out), prefix
+
+
+def run_cli(args: list[str], timeout: int = 300, expect_ok: bool = True, env: dict | None = None):
+    """Run ``python ARGS`` from the repository root; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
