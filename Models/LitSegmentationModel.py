@@ -30,6 +30,36 @@ def _str2bool(v: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
+def collect_rng_states() -> dict:
+    """torch, CUDA, NumPy and Python RNG states as tensors and lists (weights-only loadable)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, pystate, gauss = random.getstate()
+    out = {"torch": torch.get_rng_state(),
+           "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+           "python": [version, list(pystate), gauss]}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"].cpu())
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, pystate, gauss = states["python"]
+    random.setstate((version, tuple(pystate), gauss))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class LitSegmentationModel(pl.LightningModule):
     """Network (``backbone_model`` U-Net + ``head_model``) and the training loop plumbing.
 
@@ -155,6 +185,15 @@ class LitSegmentationModel(pl.LightningModule):
         if missing or unexpected:
             logger.warning("loaded %s non-strictly: missing %s, unexpected %s", source, missing, unexpected)
         return model
+
+    # RNG states travel with the checkpoint (as plain data, so it still loads weights-only), so a
+    # resumed run draws the same augmentations as an uninterrupted one would from that point.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
 
     # ----------------------------------------------------------------------------------------
     # Forward

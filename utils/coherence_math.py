@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+import math
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -221,41 +224,258 @@ def layer_objective(pred: Tensor, flow: Tensor, Xc: Tensor, theta_c: Tensor, v_d
     return (pred * residual_distance(r, v_distance, dim=2)).mean(-1)
 
 
-def fit_theta_irls(pred: Tensor, flow: Tensor, Xc: Tensor, XX: Tensor, v_distance: str,
-                   n_iter: int = 12, theta0: Tensor | None = None) -> Tensor:
-    """Iteratively reweighted least squares for the ``l1`` and ``l2`` objectives.
+# IRLS schedule, coarse to fine: (pixel stride, MM steps, δ floor relative to the start's
+# residual scale). The coarse levels (every 17th, then every 5th pixel of the row-major order:
+# strides coprime with the usual widths, so the samples form lattices over the image) do most of
+# the work at a fraction of the cost; the full-resolution level polishes. Tuned with
+# bench/bench_theta.py.
+IRLS_SCHEDULE: tuple[tuple[int, int, float], ...] = ((17, 12, 0.03), (5, 3, 0.03), (1, 2, 0.01))
+IRLS_GAMMA = 0.4  # δ shrinks by this factor per MM step (continuation) down to the level's floor
+IRLS_MIN_POINTS = 1024  # a coarse level needs at least this many pixels, else it runs at stride 1
+IRLS_DELTA_ABS = 1e-4  # absolute δ floor, relative to the sample's mean |flow| (weights stay finite)
+IRLS_TOL = 1e-6  # a level stops early once a SQUAREM cycle improves no block's objective by this
+_SQUAREM_MAX_STEP = 1e3  # bound on the SQUAREM step length |α|
 
-    Each step solves the weighted least squares with weights pred / max(|r|, δ) (per channel for
-    l1, on the vector norm for l2): a majorise-minimise step of the robust objective. The best
-    θ' seen so far is kept per layer, so the result is never worse than the OLS start.
-    pred (B, L, N), flow (B, 2, N) → θ' (B, L, ft, 2).
+# id(XX) → (weak reference to XX, XXu, index); an entry goes when its XX is freed.
+_unique_products_cache: dict[int, tuple[weakref.ref, Tensor, Tensor]] = {}
+
+
+def _unique_products(XX: Tensor, ft: int) -> tuple[Tensor, Tensor]:
+    """The ft(ft+1)/2 distinct per-pixel products of XX (N, ft²), transposed: XXuT (ft(ft+1)/2, N),
+    and the index (ft²,) rebuilding the full ft × ft matrix from them. Cached per XX tensor (never
+    modify it). Transposed because (k, N) @ (N, m) products run several times faster than
+    (m, N) @ (N, k) ones on CPU BLAS.
     """
-    theta = fit_theta_ols(pred, flow, Xc, XX) if theta0 is None else theta0
-    if v_distance == "squared":
-        return theta
-    # δ: below the flow's own precision, relative to its typical magnitude (per sample).
-    delta = (flow.abs().mean((1, 2)) * 1e-4 + 1e-8)[:, None, None, None]  # (B, 1, 1, 1)
-    per_channel = v_distance == "l1"
+    cached = _unique_products_cache.get(id(XX))
+    if cached is not None and cached[0]() is XX:
+        return cached[1], cached[2]
+    iu = torch.triu_indices(ft, ft, device=XX.device)
+    XXuT = XX[:, iu[0] * ft + iu[1]].t().contiguous()
+    full = torch.empty(ft, ft, dtype=torch.long, device=XX.device)
+    arange = torch.arange(iu.shape[1], device=XX.device)
+    full[iu[0], iu[1]] = arange
+    full[iu[1], iu[0]] = arange
+    key = id(XX)
+    _unique_products_cache[key] = (weakref.ref(XX), XXuT, full.reshape(-1))
+    weakref.finalize(XX, _unique_products_cache.pop, key, None)
+    return XXuT, full.reshape(-1)
 
-    def residual_and_objective(th: Tensor) -> tuple[Tensor, Tensor]:
-        r = flow[:, None] - layer_flows(Xc, th)  # (B, L, 2, N)
-        d = r.abs() if per_channel else _safe_sqrt((r * r).sum(2, keepdim=True))
-        return d, (pred[:, :, None] * d).sum(-1)  # objective (B, L, 1 or 2)
 
-    d, best_obj = residual_and_objective(theta)
-    best = theta
-    for _ in range(n_iter):
-        W = pred[:, :, None] / torch.clamp(d, min=delta)  # (B, L, C|1, N)
-        theta = weighted_lstsq(Xc, XX, flow, W if per_channel else W[:, :, 0])
-        d, obj = residual_and_objective(theta)
-        if per_channel:  # channels are independent problems: keep the best of each
-            better = (obj < best_obj)[:, :, None, :]  # (B, L, 1, 2)
-            best_obj = torch.minimum(obj, best_obj)
+_workspace = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised scratch tensor of ``shape`` with ``like``'s dtype and device.
+
+    On CPU the storage is kept (per thread) and reused by the next call: fresh multi-megabyte
+    allocations are page-faulted in on every call, which cost the IRLS as much as its arithmetic.
+    Other devices have caching allocators and get a plain ``torch.empty``.
+    """
+    if like.device.type != "cpu":
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    store = getattr(_workspace, "buffers", None)
+    if store is None:
+        store = _workspace.buffers = {}
+    numel = math.prod(shape)
+    buf = store.get((name, like.dtype))
+    if buf is None or buf.numel() < numel:
+        buf = store[(name, like.dtype)] = torch.empty(numel, dtype=like.dtype)
+    return buf[:numel].view(shape)
+
+
+class _RobustLevel:
+    """The robust M-step problem on one pixel sample, with its buffers reused across MM steps.
+
+    pred (B, L, n), flow (B, 2, n), XcT (ft, n), XXuT (ft(ft+1)/2, n), full_idx (ft²,) (see
+    :func:`_unique_products`). The independent problems ("blocks") are (B, L, K): K = 2 for
+    ``l1`` (one per flow channel), K = 1 for ``l2``.
+    """
+
+    def __init__(self, pred: Tensor, flow: Tensor, XcT: Tensor, XXuT: Tensor, full_idx: Tensor,
+                 v_distance: str) -> None:
+        self.pred, self.flow, self.XcT, self.XXuT, self.full_idx = pred, flow, XcT, XXuT, full_idx
+        self.l1 = v_distance == "l1"
+        self.ft = XcT.shape[0]
+        B, L, n = pred.shape
+        K = 2 if self.l1 else 1
+        self.B, self.L, self.n = B, L, n
+        self.pk = pred[:, :, None]  # (B, L, 1, n)
+        self.r = _scratch("r", (B, L, 2, n), flow)  # residual, then W·r
+        self.a = _scratch("a", (B, L, K, n), flow)  # distance, then W
+        self.t = _scratch("t", (B, L, K, n), flow)  # pred · distance
+        self.mass = pred.sum(-1)  # (B, L)
+
+    def _distance(self, theta: Tensor) -> None:
+        """self.r ← flow − X'θ' (B, L, 2, n); self.a ← |r_c| (l1) or ‖r‖ (l2) (B, L, K, n)."""
+        torch.matmul(theta.transpose(-1, -2).to(self.r.dtype), self.XcT, out=self.r)
+        torch.sub(self.flow[:, None], self.r, out=self.r)
+        if self.l1:
+            torch.abs(self.r, out=self.a)
         else:
-            better = (obj < best_obj)[..., None]  # (B, L, 1, 1)
-            best_obj = torch.minimum(obj, best_obj)
-        best = torch.where(better, theta, best)
-    return best
+            a = self.a[:, :, 0]
+            torch.mul(self.r[:, :, 0], self.r[:, :, 0], out=a).addcmul_(self.r[:, :, 1], self.r[:, :, 1]).sqrt_()
+
+    def _objective(self) -> Tensor:
+        """Σ_i pred · distance per block (B, L, K), from self.a."""
+        return torch.mul(self.a, self.pk, out=self.t).sum(-1)
+
+    def objective(self, theta: Tensor) -> Tensor:
+        """The level's objective at θ' (B, L, ft, 2), per block (B, L, K)."""
+        self._distance(theta)
+        return self._objective()
+
+    def scale(self, theta: Tensor) -> Tensor:
+        """Mask-weighted mean distance at θ' per block (B, L, K): where δ starts from."""
+        return self.objective(theta) / self.mass[..., None].clamp(min=torch.finfo(self.a.dtype).tiny)
+
+    def _gram(self, W: Tensor) -> Tensor:
+        """Σ_i W X'ᵀX' for W (B, L, K, n) → (B, L, K, ft, ft)."""
+        A = (self.XXuT @ W.reshape(-1, self.n).t()).t()[:, self.full_idx]
+        return A.reshape(*W.shape[:3], self.ft, self.ft)
+
+    def _project(self, Y: Tensor) -> Tensor:
+        """Σ_i Y X' for Y (B, L, C, n) → (B, L, C, ft)."""
+        return (self.XcT @ Y.reshape(-1, self.n).t()).t().reshape(*Y.shape[:3], self.ft)
+
+    def ols(self) -> Tensor:
+        """Weighted least squares with weights pred on this sample: θ' (B, L, ft, 2)."""
+        A = self._gram(self.pk)[:, :, 0]
+        rhs = self._project(self.pk * self.flow[:, None])  # (B, L, 2, ft)
+        return _solve_normal(A, rhs.transpose(-1, -2))
+
+    def step(self, theta: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """One MM step from θ' (B, L, ft, 2), weights pred / max(distance, δ), δ (B, L, K, 1).
+
+        Returns (the new θ', the objective at the given θ' per block (B, L, K)).
+        """
+        self._distance(theta)
+        obj = self._objective()
+        W = torch.div(self.pk, torch.maximum(self.a, delta, out=self.a), out=self.a)  # (B, L, K, n)
+        A = self._gram(W)  # (B, L, K, ft, ft)
+        g = self._project(self.r.mul_(W))  # X'ᵀ W r: (B, L, 2, ft)
+        if self.l1:
+            d = _solve_normal(A, g[..., None])[..., 0].transpose(-1, -2)  # (B, L, ft, 2)
+        else:
+            d = _solve_normal(A[:, :, 0], g.transpose(-1, -2))
+        return theta + d.to(theta.dtype), obj
+
+
+def _block_where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per-block select for θ' (B, L, ft, 2); mask (B, L, K): per channel (K = 2) or both (K = 1)."""
+    return torch.where(mask[:, :, None, :], a, b)
+
+
+def _block_sq_norm(x: Tensor, l1: bool) -> Tensor:
+    """Squared norm of θ'-shaped x (B, L, ft, 2) per block: (B, L, 2) for l1, (B, L, 1) for l2."""
+    s = (x * x).sum(-2)
+    return s if l1 else s.sum(-1, keepdim=True)
+
+
+def _squarem_level(level: _RobustLevel, theta: Tensor, n_steps: int, delta_at: Callable[[int], Tensor],
+                   tol: float) -> tuple[Tensor, int]:
+    """Up to ``n_steps`` MM steps on one level: SQUAREM cycles (Varadhan & Roland 2008: two MM
+    steps, an extrapolation along their differences, a stabilising MM step), then plain steps.
+
+    ``delta_at(k)`` gives δ (B, L, K, 1) for the level's k-th step. Returns the best θ' seen (per
+    block, by the level's own objective) and the number of steps done (fewer if it converged).
+    """
+    best, best_obj = theta, None
+
+    def keep(th: Tensor, obj: Tensor) -> None:
+        nonlocal best, best_obj
+        if best_obj is None:
+            best, best_obj = th, obj
+            return
+        better = obj < best_obj  # a NaN never wins
+        best_obj = torch.where(better, obj, best_obj)
+        best = _block_where(better, th, best)
+
+    k = 0
+    while k < n_steps:
+        if n_steps - k < 3:
+            th_next, obj = level.step(theta, delta_at(k))
+            keep(theta, obj)
+            theta = th_next
+            k += 1
+            continue
+        before = best_obj
+        th1, obj0 = level.step(theta, delta_at(k))
+        keep(theta, obj0)
+        th2, obj1 = level.step(th1, delta_at(k + 1))
+        keep(th1, obj1)
+        r = th1 - theta
+        v = th2 - th1 - r
+        ratio = _block_sq_norm(r, level.l1) / _block_sq_norm(v, level.l1).clamp(min=torch.finfo(v.dtype).tiny)
+        alpha = -torch.sqrt(ratio).clamp(1.0, _SQUAREM_MAX_STEP)[:, :, None, :]  # α = −1 gives θ2
+        th_x = theta - 2 * alpha * r + alpha * alpha * v
+        th3, obj_x = level.step(th_x, delta_at(k + 2))
+        keep(th_x, obj_x)
+        theta = _block_where(obj_x <= obj1, th3, th2)  # extrapolation no better (or NaN): from θ2
+        k += 3
+        if tol > 0 and before is not None and not bool(((before - best_obj) > tol * best_obj).any()):
+            break
+    keep(theta, level.objective(theta))
+    return best, k
+
+
+def fit_theta_irls(pred: Tensor, flow: Tensor, Xc: Tensor, XX: Tensor, v_distance: str,
+                   n_iter: int | None = None, theta0: Tensor | None = None,
+                   schedule: Sequence[tuple[int, int, float]] | None = None, tol: float = IRLS_TOL) -> Tensor:
+    """Iteratively reweighted least squares for the ``l1`` and ``l2`` objectives, coarse to fine.
+
+    Each majorise-minimise (MM) step solves the weighted least squares with weights
+    pred / max(d, δ), d = |r_c| per channel (l1) or ‖r‖ (l2); δ starts at the mask-weighted mean
+    residual of the start and shrinks by ``IRLS_GAMMA`` per step down to a floor (continuation:
+    large δ makes early steps long, Huber-like; small δ makes the fixed point the l1/l2 one).
+    SQUAREM extrapolation accelerates the MM steps, and the levels of ``schedule`` (default
+    ``IRLS_SCHEDULE``) run them on pixel samples, coarse to fine. On each level the best θ' seen
+    is kept per block (layer, and channel for l1), so the full-resolution result is never worse
+    than the full-resolution start. ``n_iter`` overrides the first level's step count; ``theta0``
+    (B, L, ft, 2) replaces the OLS start.
+
+    pred (B, L, N), flow (B, 2, N), Xc (N, ft), XX (N, ft²) → θ' (B, L, ft, 2).
+    """
+    if v_distance == "squared":
+        return fit_theta_ols(pred, flow, Xc, XX) if theta0 is None else theta0
+    B, L, N = pred.shape
+    XXuT, full_idx = _unique_products(XX, Xc.shape[1])
+    XcT = Xc.t()
+    levels = list(IRLS_SCHEDULE if schedule is None else schedule)
+    if n_iter is not None:
+        levels[0] = (levels[0][0], int(n_iter), levels[0][2])
+    tiny = torch.finfo(flow.dtype).tiny
+    mean_abs = torch.linalg.vector_norm(flow, ord=1, dim=(1, 2)) / flow[0].numel()
+    delta_abs = (mean_abs * IRLS_DELTA_ABS + tiny)[:, None, None, None]  # (B, 1, 1, 1)
+    theta, s0, prev, steps_done = theta0, None, None, 0
+    for stride, n_steps, floor in levels:
+        if stride > 1 and N // stride < IRLS_MIN_POINTS:
+            stride = 1
+        if stride == 1:
+            level = _RobustLevel(pred, flow, XcT.contiguous(), XXuT, full_idx, v_distance)
+        else:
+            level = _RobustLevel(pred[..., ::stride].contiguous(), flow[..., ::stride].contiguous(),
+                                 XcT[:, ::stride].contiguous(), XXuT[:, ::stride].contiguous(), full_idx,
+                                 v_distance)
+        if theta is None:
+            theta = level.ols()
+        elif prev is not None:
+            # A block whose mask the previous (sparser) sample saw badly, e.g. a small region,
+            # restarts from this level's OLS.
+            expected = prev.mass * (level.n / prev.n)
+            bad = (expected - level.mass).abs() > 0.5 * level.mass + 1e-3 * level.mass.sum(1, keepdim=True)
+            if bool(bad.any()):
+                theta = torch.where(bad[:, :, None, None], level.ols(), theta)
+                s0 = torch.where(bad[..., None], level.scale(theta), s0)
+        if s0 is None:
+            s0 = level.scale(theta)  # (B, L, K)
+
+        def delta_at(k: int, s0: Tensor = s0, floor: float = floor, k0: int = steps_done) -> Tensor:
+            return torch.maximum(s0 * max(IRLS_GAMMA ** (k0 + k), floor), delta_abs[..., 0])[..., None]
+
+        theta, done = _squarem_level(level, theta, n_steps, delta_at, tol)
+        steps_done += done
+        prev = level
+    return theta
 
 
 def fit_theta_optim(pred: Tensor, flow: Tensor, Xc: Tensor, XX: Tensor, v_distance: str,

@@ -252,6 +252,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, dict]:
     img_size = args.img_size if "img_size" in args.explicit else model.hparams["img_size"]
     inputs = list(model.hparams.get("inputs", ["Flow"]))
     dm = CsvDataModule.from_args(args, img_size=img_size, request=sorted(set(inputs) | {"Flow", "GtMask", "Image"}),
+                                 optional_columns=tuple({"GtMask", "Image"} - set(inputs)),
                                  flow_augmentation="none", shuffle_fit=False)
     os.makedirs(args.save_dir, exist_ok=True)
     is_main = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule
@@ -89,7 +90,8 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
                        "dataset — pass --data_file to train on your own DataSplit",
                        ", ".join(f"{k}={getattr(args, k)}" for k in DEMO_DEFAULTS))
     pl.seed_everything(args.seed, workers=True)
-    dm = CsvDataModule.from_args(args, request=sorted(set(args.inputs) | {"Flow", "GtMask", "Image"}))
+    dm = CsvDataModule.from_args(args, request=sorted(set(args.inputs) | {"Flow", "GtMask", "Image"}),
+                                 optional_columns=tuple({"GtMask", "Image"} - set(args.inputs)))
     save_dir = args.path_save_model
     if save_dir is None and not args.fast_dev_run:
         save_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
@@ -120,7 +122,12 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
                              enable_checkpointing=ckpt_cb is not None, **trainer_kwargs(args))
         if save_dir is not None and trainer.is_global_zero:
             atomic_write_json(os.path.join(save_dir, "hparams.json"), hparams)
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise SystemExit(out_of_memory_message(args, err)) from None
     finally:
         if lock is not None:
             lock.release()
@@ -137,6 +144,20 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     if save_dir is not None and trainer.is_global_zero:
         atomic_write_json(os.path.join(save_dir, "train_summary.json"), summary)
     return summary
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text \
+        or "failed to allocate" in text
+
+
+def out_of_memory_message(args: argparse.Namespace, err: BaseException) -> str:
+    H, W = args.img_size
+    return (f"ran out of memory with --batch_size {args.batch_size}, --img_size {H} {W}, "
+            f"--unet.num_layers {getattr(args, 'unet.num_layers')}, --unet.features_start "
+            f"{getattr(args, 'unet.features_start')}: lower --batch_size first (then --img_size or the network's "
+            f"size; --precision bf16-mixed also halves activations on GPUs). ({str(err).splitlines()[0][:160]})")
 
 
 def _count_lines(path: str) -> int:

@@ -1,0 +1,266 @@
+"""The Lightning DataModule over a DataSplit (``NAME_train.csv``, ``NAME_val.csv``, ``NAME_test.csv``).
+
+Batches (from :func:`collate_skipping`): ``'Flow'`` (B, 2, H, W), ``'Image'`` (B, 3, H, W),
+``'GtMask'`` (B, H, W) int64, ``'FlowRGB'`` (B, 3, H, W) (those requested that the CSV has),
+``'{Type}Path'`` lists of B strings, ``'Index'`` (B,) int64 and ``'Skipped'`` a list of
+``(index, path, reason)`` for the samples of the batch whose files were bad. A batch whose
+every sample was skipped is ``{'Skipped': [...]}`` alone (no ``'Flow'``): the model skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from csvflowdatamodule.CsvDataset import CsvDataset
+from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NORMALISATIONS, TransformsComposer
+
+logger = logging.getLogger(__name__)
+
+STEPS: tuple[str, ...] = ("train", "val", "test")
+STAGE_STEPS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+}
+
+
+def default_num_workers() -> int:
+    """The CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(0, min(8, n))
+
+
+def resolve_data_path(data_file: str) -> str:
+    """Turn a DataSplit name into a ``'{}'`` pattern (``{}`` → train/val/test).
+
+    ``'DataSplit/Exp6_Split_{}.csv'`` is kept; ``'DataSplit/Exp6_Split'`` (the authors'
+    ``--data_file``) → ``'DataSplit/Exp6_Split_{}.csv'``; one split's file such as
+    ``'DataSplit/Exp6_Split_val.csv'`` → the same pattern.
+    """
+    data_file = os.fspath(data_file)
+    if "{}" in data_file:
+        return data_file
+    if data_file.endswith(".csv"):
+        stem = data_file[: -len(".csv")]
+        for step in STEPS:
+            if stem.endswith("_" + step):
+                return stem[: -len(step)] + "{}.csv"
+        raise ValueError(
+            f"cannot make a DataSplit pattern from {data_file!r}: give 'NAME' (files NAME_train.csv, "
+            "NAME_val.csv, NAME_test.csv) or a pattern with '{}'"
+        )
+    return data_file + "_{}.csv"
+
+
+def collate_skipping(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate dataset items, setting skipped samples aside.
+
+    Tensors are stacked, strings kept as lists, ``'Index'`` becomes an int64 tensor (B,), and the
+    skipped samples' ``(index, path, reason)`` go to ``'Skipped'`` (always present, maybe empty).
+    If every sample was skipped the batch is ``{'Skipped': [...]}`` only.
+    """
+    skipped = [it["Skipped"] for it in items if "Skipped" in it]
+    good = [it for it in items if "Skipped" not in it]
+    if not good:
+        return {"Skipped": skipped}
+    keys = list(good[0].keys())
+    for it in good[1:]:
+        if set(it.keys()) != set(keys):
+            raise ValueError(f"items disagree on their keys: {sorted(keys)} vs {sorted(it.keys())}")
+    batch: dict[str, Any] = {}
+    for key in keys:
+        values = [it[key] for it in good]
+        if key == "Index":
+            batch[key] = torch.as_tensor(values, dtype=torch.long)
+        elif isinstance(values[0], torch.Tensor):
+            try:
+                batch[key] = torch.stack(values)
+            except RuntimeError as exc:
+                shapes = sorted({tuple(v.shape) for v in values})
+                raise ValueError(
+                    f"cannot batch {key!r} tensors of different shapes {shapes}: set img_size"
+                ) from exc
+        else:
+            batch[key] = values
+    batch["Skipped"] = skipped
+    return batch
+
+
+class CsvDataModule(pl.LightningDataModule):
+    """Train/val/test DataLoaders over a DataSplit.
+
+    Parameters
+    ----------
+    data_path: the split files as a pattern with ``'{}'`` (→ train, val, test), e.g.
+        ``'DataSplit/Exp6_Split_{}.csv'``, or the authors' prefix ``'DataSplit/Exp6_Split'``.
+    base_dir: the directory the CSVs' paths are relative to.
+    batch_size: samples per batch.
+    request: columns to load, e.g. ``('Flow', 'Image', 'GtMask')``.
+    img_size: (H, W) every tensor is resized to (None keeps the files' sizes; the batch then
+        needs equal sizes).
+    subsample_train: keep every n-th training row.
+    shuffle_fit: shuffle the training loader.
+    num_workers: DataLoader worker processes (persistent when > 0).
+    flow_normalisation: none, median, mean, max or znorm (all splits).
+    flow_augmentation: none or ``globalmotion*`` / ``globalmotionfullquad*`` (train only,
+        val too with ``val_augment``).
+    strict_data: a bad file raises instead of being skipped.
+    optional_columns: requested columns a CSV may lack (not loaded then): by default GtMask
+        and Image, so unlabelled splits train; pass ``()`` to require every requested column.
+    """
+
+    def __init__(self, data_path: str, base_dir: str, batch_size: int = 10,
+                 request: Iterable[str] = ("Flow", "Image", "GtMask"),
+                 img_size: Sequence[int] | None = (128, 224), subsample_train: int = 1, shuffle_fit: bool = True,
+                 num_workers: int | None = None, flow_normalisation: str = "none",
+                 flow_augmentation: str = "none", val_augment: bool = False, strict_data: bool = False,
+                 optional_columns: Iterable[str] = ("GtMask", "Image"), pin_memory: bool = False) -> None:
+        super().__init__()
+        if flow_normalisation not in FLOW_NORMALISATIONS:
+            raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, "
+                             f"got {flow_normalisation!r}")
+        if flow_augmentation not in FLOW_AUGMENTATIONS:
+            raise ValueError(f"flow_augmentation must be one of {list(FLOW_AUGMENTATIONS)}, "
+                             f"got {flow_augmentation!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data_path = resolve_data_path(data_path)
+        self.base_dir = os.fspath(base_dir) if base_dir is not None else ""
+        self.batch_size = int(batch_size)
+        self.request = list(request)
+        self.img_size = None if img_size is None else tuple(int(s) for s in img_size)
+        self.subsample_train = int(subsample_train)
+        self.shuffle_fit = bool(shuffle_fit)
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.flow_normalisation = flow_normalisation
+        self.flow_augmentation = flow_augmentation
+        self.val_augment = bool(val_augment)
+        self.strict_data = bool(strict_data)
+        self.optional_columns = tuple(optional_columns)
+        self.pin_memory = bool(pin_memory)
+        self.datasets: dict[str, CsvDataset] = {}
+
+    # ----------------------------------------------------------------------------------------
+    def split_path(self, step: str) -> str:
+        """The CSV file of ``step`` ('train', 'val' or 'test')."""
+        if step not in STEPS:
+            raise ValueError(f"step must be one of {list(STEPS)}, got {step!r}")
+        return self.data_path.format(step)
+
+    def transform_for(self, step: str) -> TransformsComposer:
+        augment = step == "train" or (step == "val" and self.val_augment)
+        return TransformsComposer(self.flow_normalisation, self.flow_augmentation if augment else "none")
+
+    def setup_dataset(self, step: str) -> CsvDataset:
+        """Build (or rebuild) the dataset of ``step``."""
+        ds = CsvDataset(
+            self.split_path(step), self.base_dir, self.img_size, self.request,
+            subsample=self.subsample_train if step == "train" else 1,
+            transform=self.transform_for(step), optional=self.optional_columns, strict=self.strict_data,
+        )
+        self.datasets[step] = ds
+        logger.info("%s: %s", step, ds)
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        """'fit' → train + val, 'validate' → val, 'test'/'predict' → test, None → every split
+        whose CSV exists. Already built splits are kept."""
+        if stage is None:
+            steps = tuple(s for s in STEPS if os.path.isfile(self.split_path(s)))
+            if not steps:
+                raise FileNotFoundError(f"no DataSplit CSV matches {self.data_path}")
+        elif stage in STAGE_STEPS:
+            steps = STAGE_STEPS[stage]
+        else:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {[k for k in STAGE_STEPS if k]}")
+        for step in steps:
+            if step not in self.datasets:
+                self.setup_dataset(step)
+
+    def get_dataloader(self, step: str) -> DataLoader:
+        ds = self.datasets[step] if step in self.datasets else self.setup_dataset(step)
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=(step == "train" and self.shuffle_fit),
+            num_workers=self.num_workers, collate_fn=collate_skipping,
+            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.get_dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.get_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.get_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.get_dataloader("test")
+
+    def skipped_report(self) -> dict[str, dict[str, Any]]:
+        """Skips recorded by this process's datasets: ``{step: {'count', 'samples'}}``.
+
+        Only complete with ``num_workers=0``: worker processes keep their own records, so the
+        authoritative record is each batch's ``'Skipped'`` list.
+        """
+        return {step: ds.skipped_report() for step, ds in self.datasets.items()}
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def add_specific_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add the data flags to ``parser`` and return it."""
+        g = parser.add_argument_group("CsvDataModule")
+        g.add_argument("--batch_size", type=int, default=10, help="samples per batch (default 10)")
+        g.add_argument("--subsample_train", type=int, default=1, help="keep every n-th training sample")
+        g.add_argument("--img_size", "--image_size", dest="img_size", type=int, nargs=2, default=[128, 224],
+                       metavar=("H", "W"), help="size the inputs are resized to (default 128 224)")
+        g.add_argument("--base_dir", type=str, default=None,
+                       help="directory the DataSplit paths are relative to")
+        g.add_argument("--data_file", type=str, default=None,
+                       help="DataSplit prefix (NAME → NAME_{train,val,test}.csv) or a pattern with '{}'; "
+                            "default: the built-in synthetic dataset")
+        g.add_argument("--val_augment", action="store_true", help="augment the validation flows too")
+        g.add_argument("--flow_normalisation", type=str, default="none", choices=list(FLOW_NORMALISATIONS))
+        g.add_argument("--flow_augmentation", type=str, default="none", choices=list(FLOW_AUGMENTATIONS),
+                       help="global motion added to training flows (paper: globalmotionfullquadlight)")
+        g.add_argument("--num_workers", type=int, default=default_num_workers(),
+                       help="DataLoader workers (default: the CPUs available, at most 8)")
+        g.add_argument("--strict_data", action="store_true",
+                       help="stop at the first missing or corrupt file instead of skipping the sample")
+        return parser
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace | dict[str, Any], **overrides: Any) -> CsvDataModule:
+        """Build from parsed arguments (unknown keys ignored); ``overrides`` win (e.g. ``request``).
+
+        Without ``data_file`` the built-in synthetic dataset is used (generated once and cached).
+        """
+        kw = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+        kw.update(overrides)
+        data_path = kw.pop("data_path", None) or kw.pop("data_file", None)
+        if data_path is None:
+            if kw.get("base_dir") is not None:
+                raise ValueError(f"--base_dir {kw['base_dir']} given without --data_file: name the DataSplit "
+                                 "(--data_file), or give neither to use the built-in synthetic dataset")
+            from csvflowdatamodule.synthetic import default_synthetic_split
+
+            kw["base_dir"], data_path = default_synthetic_split()
+            logger.info("no --data_file: using the built-in synthetic dataset %s", data_path)
+        params = inspect.signature(cls.__init__).parameters
+        accepted = {k: v for k, v in kw.items() if k in params and k not in ("self", "data_path")}
+        if accepted.get("base_dir") is None:
+            accepted["base_dir"] = ""
+        return cls(data_path=data_path, **accepted)

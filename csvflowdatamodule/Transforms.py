@@ -1,0 +1,191 @@
+"""Per-sample flow transforms: normalisation and global-motion augmentation (DESIGN.md §2).
+
+Every transform is callable on an item dict (it replaces ``item['Flow']``) or directly on a flow
+tensor (2, I, J) (a leading batch dimension (B, 2, I, J) is accepted too; each sample then gets
+its own statistics and, for the augmentation, its own random motion).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from utils.coherence_math import basis_from_coords, grid_coords, mean_vector_norm
+
+logger = logging.getLogger(__name__)
+
+FLOW_NORMALISATIONS: tuple[str, ...] = ("none", "median", "mean", "max", "znorm")
+AUGMENTATION_STRENGTHS: dict[str, float] = {"light": 2.0, "medium": 4.0, "strong": 8.0}
+AUGMENTATION_FAMILIES: dict[str, str] = {"globalmotionfullquad": "Quadratic", "globalmotion": "Affine"}
+FLOW_AUGMENTATIONS: tuple[str, ...] = ("none",) + tuple(
+    fam + strength for fam in ("globalmotion", "globalmotionfullquad") for strength in AUGMENTATION_STRENGTHS
+)
+# Probability that a `globalmotion*` draw is the pure zoom [[0, a], [a, 0], [0, 0]].
+ZOOM_PROBABILITY = 0.4
+_EPS = 1e-12
+
+
+@functools.lru_cache(maxsize=8)
+def _centred_basis(param_model: str, I: int, J: int) -> Tensor:
+    """Basis at centred coordinates (i, j in [-1, 1]): (I·J, ft) float64. Do not modify."""
+    gi, gj = grid_coords((I, J), centered=True, dtype=torch.float64)
+    return basis_from_coords(gi.reshape(-1), gj.reshape(-1), param_model)
+
+
+def _apply_on_flow(x: Any, fn) -> Any:
+    if isinstance(x, dict):
+        if "Flow" not in x:  # e.g. a skipped sample
+            return x
+        out = dict(x)
+        out["Flow"] = fn(x["Flow"])
+        return out
+    return fn(x)
+
+
+def _check_flow(flow: Tensor) -> None:
+    if not isinstance(flow, Tensor) or flow.dim() not in (3, 4) or flow.shape[-3] != 2:
+        raise ValueError(f"expected a flow (2, I, J) or (B, 2, I, J), got {tuple(getattr(flow, 'shape', ()))}")
+
+
+class TrNormaliseFlow:
+    """Normalise a flow (2, I, J) (or (B, 2, I, J), per sample).
+
+    ``median`` / ``mean`` / ``max``: divide by that statistic of the per-pixel vector norms;
+    ``znorm``: per channel, subtract the mean and divide by the standard deviation; ``none``:
+    unchanged. A (near-)zero statistic leaves the flow unscaled rather than dividing by zero.
+    """
+
+    def __init__(self, mode: str = "none") -> None:
+        if mode not in FLOW_NORMALISATIONS:
+            raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, got {mode!r}")
+        self.mode = mode
+
+    def normalise(self, flow: Tensor) -> Tensor:
+        _check_flow(flow)
+        if self.mode == "none":
+            return flow
+        batched = flow.dim() == 4
+        f = flow if batched else flow[None]
+        if self.mode == "znorm":
+            mean = f.mean(dim=(2, 3), keepdim=True)
+            std = f.std(dim=(2, 3), keepdim=True)
+            std = torch.where(std > _EPS, std, torch.ones_like(std))
+            out = (f - mean) / std
+        else:
+            norms = torch.linalg.vector_norm(f, dim=1).flatten(1)  # (B, I·J)
+            if self.mode == "median":
+                stat = norms.median(dim=1).values
+            elif self.mode == "mean":
+                stat = norms.mean(dim=1)
+            else:
+                stat = norms.max(dim=1).values
+            stat = torch.where(stat > _EPS, stat, torch.ones_like(stat))
+            out = f / stat[:, None, None, None]
+        return out if batched else out[0]
+
+    def __call__(self, x: Any) -> Any:
+        return _apply_on_flow(x, self.normalise)
+
+    def __repr__(self) -> str:
+        return f"TrNormaliseFlow({self.mode!r})"
+
+
+class TrAugmentFlow:
+    """Add a random global (camera-like) motion to a flow (2, I, J) (DESIGN.md §2).
+
+    With row i and column j scaled to [-1, 1]:
+
+    - ``globalmotion{light,medium,strong}``: affine basis [i, j, 1], parameters U(-1, 1) (3 × 2);
+      with probability 0.4 instead [[0, a], [a, 0], [0, 0]] with a ∈ U(-1, 1) (a zoom);
+    - ``globalmotionfullquad{light,medium,strong}``: quadratic basis [i·j, i², j², i, j, 1],
+      parameters U(-1, 1) (6 × 2);
+    - ``none``: the flow is returned unchanged.
+
+    The added field is rescaled to the input flow's mean vector norm, then multiplied by
+    U(0, 1) · α with α = 2, 4, 8 for light, medium, strong. The bases come from
+    ``utils.coherence_math``. Random numbers come from ``generator`` if given, else torch's
+    global RNG (so ``seed_everything`` and DataLoader worker seeding make runs reproducible).
+    """
+
+    def __init__(self, name: str = "none", generator: torch.Generator | None = None) -> None:
+        if name not in FLOW_AUGMENTATIONS:
+            raise ValueError(f"flow_augmentation must be one of {list(FLOW_AUGMENTATIONS)}, got {name!r}")
+        self.name = name
+        self.generator = generator
+        self.param_model: str | None = None
+        self.alpha = 0.0
+        if name != "none":
+            for family, param_model in AUGMENTATION_FAMILIES.items():  # longest prefix first
+                if name.startswith(family):
+                    self.param_model = param_model
+                    self.alpha = AUGMENTATION_STRENGTHS[name[len(family):]]
+                    break
+
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.generator, dtype=torch.float64)
+
+    def draw_params(self) -> Tensor:
+        """One draw of the motion parameters θ (ft, 2), float64 (before rescaling)."""
+        if self.param_model == "Quadratic":
+            return self._rand(6, 2) * 2 - 1
+        zoom = float(self._rand(1)) < ZOOM_PROBABILITY
+        if zoom:
+            a = float(self._rand(1)) * 2 - 1
+            return torch.tensor([[0.0, a], [a, 0.0], [0.0, 0.0]], dtype=torch.float64)
+        return self._rand(3, 2) * 2 - 1
+
+    def global_motion(self, img_size: tuple[int, int], target_norm: float) -> Tensor:
+        """A random global motion (2, I, J), float64, with mean vector norm ≤ α · target_norm."""
+        I, J = img_size
+        X = _centred_basis(self.param_model, I, J)  # (I·J, ft)
+        theta = self.draw_params()
+        field = (X @ theta).T.reshape(2, I, J)
+        norm = float(mean_vector_norm(field[None])[0])
+        scale = float(self._rand(1)) * self.alpha
+        if norm <= _EPS:
+            return torch.zeros_like(field)
+        return field * (target_norm / norm * scale)
+
+    def augment(self, flow: Tensor) -> Tensor:
+        _check_flow(flow)
+        if self.param_model is None:
+            return flow
+        if flow.dim() == 4:
+            return torch.stack([self.augment(f) for f in flow])
+        target = float(mean_vector_norm(flow[None].double())[0])
+        field = self.global_motion((int(flow.shape[-2]), int(flow.shape[-1])), target)
+        return (flow.double() + field).to(flow.dtype)
+
+    def __call__(self, x: Any) -> Any:
+        return _apply_on_flow(x, self.augment)
+
+    def __repr__(self) -> str:
+        return f"TrAugmentFlow({self.name!r})"
+
+
+class TransformsComposer:
+    """The dataset's per-sample transform: augmentation (if any), then normalisation (if any).
+
+    Callable on an item dict (returns a new dict with the transformed ``'Flow'``; other keys are
+    kept) or on a flow tensor. The augmentation comes first, so the network always sees a
+    normalised flow, and the loss is computed on the same (augmented) flow it sees.
+    """
+
+    def __init__(self, flow_normalisation: str = "none", flow_augmentation: str = "none",
+                 generator: torch.Generator | None = None) -> None:
+        self.normalise = TrNormaliseFlow(flow_normalisation)
+        self.augment = TrAugmentFlow(flow_augmentation, generator=generator)
+        self.transforms = [t for t, active in ((self.augment, flow_augmentation != "none"),
+                                               (self.normalise, flow_normalisation != "none")) if active]
+
+    def __call__(self, x: Any) -> Any:
+        for tr in self.transforms:
+            x = tr(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"TransformsComposer({self.transforms})"
