@@ -20,11 +20,20 @@ from Models.checkpoint_io import read_checkpoint, sanitise_for_safe_load
 logger = logging.getLogger(__name__)
 
 
-def convert_checkpoint(src: str, dst: str, overwrite: bool = False) -> dict:
-    """Read ``src`` (trusted), keep its weights, hyperparameters and training counters, write ``dst``."""
+INFERENCE_KEYS = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def convert_checkpoint(src: str, dst: str, overwrite: bool = False, inference_only: bool = False) -> dict:
+    """Read ``src`` (trusted), keep its weights, hyperparameters and training counters, write ``dst``.
+
+    ``inference_only`` also drops the optimiser and loop states (a third of the size with Adam):
+    the result predicts identically but cannot resume training.
+    """
     if os.path.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst!r} exists; pass --overwrite to replace it")
     ckpt = sanitise_for_safe_load(read_checkpoint(src, trust=True))
+    if inference_only:
+        ckpt = {k: v for k, v in ckpt.items() if k in INFERENCE_KEYS}
     tmp = f"{dst}.tmp{os.getpid()}"
     torch.save(ckpt, tmp)
     torch.load(tmp, map_location="cpu", weights_only=True)  # prove it loads safely before publishing
@@ -37,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="checkpoint to convert (trusted)")
     parser.add_argument("dst", help="where to write the safe checkpoint")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--inference_only", action="store_true",
+                        help="keep only weights and hyperparameters (smaller; cannot resume training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ckpt = convert_checkpoint(args.src, args.dst, args.overwrite)
+    ckpt = convert_checkpoint(args.src, args.dst, args.overwrite, args.inference_only)
     print(f"wrote {args.dst}: {len(ckpt['state_dict'])} tensors, keys {sorted(ckpt)}")
     return 0
 

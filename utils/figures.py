@@ -6,12 +6,10 @@ import logging
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless by default; notebooks set their own backend before importing us
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
+# No backend is forced: matplotlib falls back to Agg without a display, and notebooks keep inline.
+import matplotlib.pyplot as plt
+import numpy as np
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
 

@@ -57,6 +57,7 @@ def add_trainer_args(parser: argparse.ArgumentParser, training: bool = True) -> 
     if training:
         g.add_argument("--max_epochs", type=int, default=None)
         g.add_argument("--max_steps", type=int, default=-1)
+        g.add_argument("--max_time", default=None, help="stop after this wall time, DD:HH:MM:SS (checkpoints kept)")
         g.add_argument("--limit_train_batches", type=_int_or_float, default=1.0)
         g.add_argument("--check_val_every_n_epoch", type=int, default=1)
         g.add_argument("--log_every_n_steps", type=int, default=50)
@@ -107,8 +108,8 @@ def trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                               num_nodes=args.num_nodes, precision=args.precision,
                               limit_val_batches=args.limit_val_batches, limit_test_batches=args.limit_test_batches,
                               deterministic=True if args.deterministic else None)
-    for name in ("max_epochs", "max_steps", "limit_train_batches", "check_val_every_n_epoch", "log_every_n_steps",
-                 "fast_dev_run"):
+    for name in ("max_epochs", "max_steps", "max_time", "limit_train_batches", "check_val_every_n_epoch",
+                 "log_every_n_steps", "fast_dev_run"):
         if hasattr(args, name):
             kw[name] = getattr(args, name)
     return kw
