@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
@@ -10,17 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import read_csv, run_cli
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["--img_size", "64", "112", "--unet.num_layers", "3", "--unet.features_start", "8", "--batch_size", "4",
          "--num_workers", "0", "--accelerator", "cpu", "--log_every_n_steps", "1"]
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_train_eval_evaluate_and_resume(tiny_split, tmp_path):

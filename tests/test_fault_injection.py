@@ -14,7 +14,7 @@ from PIL import Image
 
 from csvflowdatamodule.CsvDataset import write_flow
 from Models.CoherenceNets.MethodeB import MethodeB
-from tests.conftest import run_cli
+from tests.conftest import read_csv, run_cli
 from utils import training
 
 pytestmark = pytest.mark.slow
@@ -22,11 +22,6 @@ pytestmark = pytest.mark.slow
 H, W = 40, 56
 SMALL = ["--img_size", "32", "48", "--unet.num_layers", "3", "--unet.features_start", "8", "--num_workers", "0",
          "--accelerator", "cpu", "--logger", "none", "--batch_size", "4"]
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def good_flow(rng, kind="random"):

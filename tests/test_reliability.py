@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, read_csv, run_cli
 from utils.results import RunLock, RunLockError, read_rows
 from utils.training import is_out_of_memory, out_of_memory_message
 
@@ -21,11 +20,6 @@ pytestmark = pytest.mark.slow
 
 SMALL = ["--img_size", "64", "112", "--unet.num_layers", "3", "--unet.features_start", "8", "--num_workers", "0",
          "--accelerator", "cpu", "--log_every_n_steps", "1", "--logger", "none"]
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_ddp_training_and_evaluation_results_are_exact(tiny_split, tmp_path):

@@ -19,14 +19,14 @@ def _np(x: Any) -> np.ndarray:
 
 
 def flow_to_rgb(flow: Any) -> np.ndarray:
-    """Middlebury colour coding (flowiz) of flow (2, I, J) → uint8 (I, J, 3); hue is the direction,
+    """Middlebury colour coding of flow (2, I, J) → uint8 (I, J, 3); hue is the direction,
     saturation the norm relative to the field's own maximum."""
-    import flowiz
+    from csvflowdatamodule.CsvDataset import flow_to_rgb as hw2_to_rgb
 
     f = _np(flow)
     if f.ndim != 3 or f.shape[0] != 2:
         raise ValueError(f"expected flow (2, I, J), got {f.shape}")
-    return flowiz.convert_from_flow(np.ascontiguousarray(f.transpose(1, 2, 0)).astype(np.float32))
+    return hw2_to_rgb(f.transpose(1, 2, 0))
 
 
 def masks_to_rgb(pred: Any) -> np.ndarray:
