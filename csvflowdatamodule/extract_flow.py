@@ -258,7 +258,16 @@ def _check_manifest(out: Path, expected: dict, overwrite: bool) -> dict | None:
     return None
 
 
-def _write_frames(out: Path, video, frames, old: dict | None, progress: bool) -> tuple[int, list[str]]:
+def _fit_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
+    """Downscale (area interpolation) a frame wider than ``max_width``, keeping its aspect ratio."""
+    h, w = frame.shape[:2]
+    if not max_width or w <= max_width:
+        return frame
+    return cv2.resize(frame, (int(max_width), max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
+
+
+def _write_frames(out: Path, video, frames, old: dict | None, progress: bool,
+                  max_width: int | None = None) -> tuple[int, list[str]]:
     """Write frames/NNNNN.png; return (number of frames, their source names without extension)."""
     fdir = out / "frames"
     fdir.mkdir(parents=True, exist_ok=True)
@@ -267,7 +276,7 @@ def _write_frames(out: Path, video, frames, old: dict | None, progress: bool) ->
         for t, src in enumerate(tqdm(files, desc="frames", disable=None if progress else True, leave=False)):
             dst = fdir / f"{t:05d}.png"
             if not dst.is_file():
-                _imwrite_atomic(dst, _read_bgr(src))
+                _imwrite_atomic(dst, _fit_width(_read_bgr(src), max_width))
         return len(files), [f.stem for f in files]
     n_old = old.get("n_frames") if old else None
     if isinstance(n_old, int) and all((fdir / f"{t:05d}.png").is_file() for t in range(n_old)):
@@ -277,7 +286,7 @@ def _write_frames(out: Path, video, frames, old: dict | None, progress: bool) ->
     for t, frame in enumerate(bar):
         dst = fdir / f"{t:05d}.png"
         if not dst.is_file():
-            _imwrite_atomic(dst, frame)
+            _imwrite_atomic(dst, _fit_width(frame, max_width))
         n = t + 1
     return n, [f"{t:05d}" for t in range(n)]
 
@@ -306,7 +315,7 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
                  frames: str | os.PathLike | None = None, method: str = "dis", gap: int = 1,
                  masks: str | os.PathLike | None = None, data_file: str = "flow",
                  raft_weights: str | os.PathLike | None = None, overwrite: bool = False, device: str | None = None,
-                 raft_iters: int = 12, progress: bool = True) -> dict:
+                 raft_iters: int = 12, progress: bool = True, max_width: int | None = None) -> dict:
     """Extract the flows of a video (or frames directory) into ``out``; see the module docstring.
 
     Returns a summary: ``n_frames``, ``n_flows``, ``computed`` (flows computed now),
@@ -326,13 +335,15 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     expected = {"source": source, "method": method, "gap": gap}
+    if max_width:  # recorded only when used, so manifests written before the option stay valid
+        expected["max_width"] = int(max_width)
     old = _check_manifest(out_dir, expected, overwrite)
     manifest = {"version": MANIFEST_VERSION, **expected, "status": "in progress",
                 "n_frames": old.get("n_frames") if old else None,
                 "csv_files": sorted(set((old or {}).get("csv_files") or []))}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    n_frames, names = _write_frames(out_dir, video, frames, old, progress)
+    n_frames, names = _write_frames(out_dir, video, frames, old, progress, max_width)
     if n_frames <= gap:
         raise ValueError(f"{source['path']}: {n_frames} frame(s), need at least gap + 1 = {gap + 1}")
     manifest["n_frames"] = n_frames
@@ -431,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raft_iters", type=int, default=12, help="RAFT refinement iterations (default 12)")
     p.add_argument("--device", help="torch device for RAFT (default: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace another source's outputs in --out")
+    p.add_argument("--max_width", type=int, default=None,
+                   help="downscale wider frames to this width first (flow vectors then shrink with them)")
     return p
 
 
@@ -440,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         summary = extract_flow(args.out, video=args.video, frames=args.frames, method=args.method, gap=args.gap,
                                masks=args.masks, data_file=args.data_file, raft_weights=args.raft_weights,
-                               overwrite=args.overwrite, device=args.device, raft_iters=args.raft_iters)
+                               overwrite=args.overwrite, device=args.device, raft_iters=args.raft_iters,
+                               max_width=args.max_width)
     except (ValueError, FileNotFoundError, SourceMismatchError) as exc:
         raise SystemExit(f"extract_flow: error: {exc}") from exc
     print(f"{summary['n_flows']} flows ({summary['computed']} computed, {summary['reused']} already there), "

@@ -198,3 +198,18 @@ def test_cli(tmp_path, capsys):
     summary = main(["--frames", str(src), "--out", str(tmp_path / "o"), "--data_file", "mine"])
     assert summary["n_flows"] == 2 and (tmp_path / "o" / "mine_val.csv").is_file()
     assert "--data_file" in capsys.readouterr().out
+
+
+def test_max_width_downscales_frames_before_the_flow(tmp_path):
+    frames, _ = moving_square_frames(3, h=144, w=192, side=56, start=(36, 32))
+    src = _write_frames(tmp_path / "src", frames)
+    out = tmp_path / "out"
+    extract_flow(out, frames=src, method="dis", progress=False, max_width=96)
+    flow = read_flow(out / "flows" / "00000.flo")
+    assert flow.shape == (72, 96, 2)  # half size, aspect kept
+    assert cv2.imread(str(out / "frames" / "00000.png")).shape[:2] == (72, 96)
+    # vectors shrink with the frames: the square moves (3, 2) px at full size → about (1.5, 1) here
+    inner = flow[18 + 6:18 + 28 - 6, 16 + 6:16 + 28 - 6]
+    assert np.allclose(np.median(inner.reshape(-1, 2), axis=0), [1.5, 1.0], atol=0.3)
+    with pytest.raises(SourceMismatchError):  # another width into the same --out is another source
+        extract_flow(out, frames=src, method="dis", progress=False, max_width=64)
