@@ -238,7 +238,7 @@ def _check_manifest(out: Path, expected: dict, overwrite: bool) -> dict | None:
             old = {"source": "<unreadable manifest>"}
     conflict = None
     if old is not None:
-        diffs = [k for k in ("source", "method", "gap") if old.get(k) != expected[k]]
+        diffs = [k for k in ("source", "method", "gap", "max_width") if old.get(k) != expected.get(k)]
         if diffs:
             conflict = (f"{out} holds the outputs of another extraction (differs in {diffs}: "
                         f"was {[old.get(k) for k in diffs]}, now {[expected[k] for k in diffs]})")
