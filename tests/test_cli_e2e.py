@@ -97,3 +97,24 @@ def test_eval_resume_skips_complete_frames(tiny_split, tmp_path):
     assert all(os.path.exists(f"{s}_proba.npy") for s in stems)
     assert all(os.path.getmtime(f"{s}_proba.npy") == t for s, t in before.items())  # not recomputed
     assert not list(ev.glob("results_test.part*.csv"))
+
+
+def test_init_ckpt_fine_tunes_from_weights(tiny_split, tmp_path):
+    import torch
+
+    from Models.CoherenceNets.MethodeB import MethodeB
+
+    base, prefix = tiny_split
+    src = tmp_path / "src.ckpt"
+    torch.manual_seed(1)
+    model = MethodeB(**{"unet.num_layers": 3, "unet.features_start": 8, "img_size": [64, 112]})
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, src)
+    common = ["model_train.py", "--base_dir", base, "--data_file", prefix, *SMALL, "--max_epochs", "1",
+              "--limit_train_batches", "2", "--init_ckpt", str(src), "--logger", "none"]
+    run_cli([*common, "--path_save_model", str(tmp_path / "ft")])
+    rows = read_csv(tmp_path / "ft" / "results.csv")
+    assert {r["epoch"] for r in rows} == {"0"}  # a fresh run, not a resume
+    # another architecture than the weights' (the last --unet.features_start wins)
+    mismatch = run_cli([*common, "--path_save_model", str(tmp_path / "bad"), "--unet.features_start", "16"],
+                       expect_ok=False)
+    assert mismatch.returncode != 0 and "--init_ckpt" in mismatch.stderr and "size mismatch" in mismatch.stderr

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory for checkpoints, results.csv, logs and hyperparameters")
     parser.add_argument("--model_type", default="coherence_B", choices=["coherence_B"],
                         help="the authors' name for MethodeB")
+    parser.add_argument("--init_ckpt", default=None,
+                        help="start from these weights (fine-tuning: fresh optimiser and epoch count; the "
+                             "architecture flags must match); unlike --ckpt_path, which resumes a run")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow --init_ckpt to need arbitrary unpickling (the authors' legacy files)")
     MethodeB.add_specific_args(parser)
     CsvDataModule.add_specific_args(parser)
     add_trainer_args(parser, training=True)
@@ -99,6 +104,15 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     hparams = {k: v for k, v in vars(args).items() if k not in ("demo",)}
     hparams["base_dir"], hparams["data_file"] = dm.base_dir, dm.data_path
     model = MethodeB(**hparams)
+    if args.init_ckpt:
+        from Models.checkpoint_io import CheckpointError, read_checkpoint
+
+        try:
+            state = read_checkpoint(args.init_ckpt, trust=args.trust_checkpoint)["state_dict"]
+            model.load_state_dict(state, strict=True)
+        except (CheckpointError, RuntimeError) as err:
+            raise SystemExit(f"--init_ckpt {args.init_ckpt}: {str(err)[:800]}") from None
+        logger.info("initialised the weights from %s", args.init_ckpt)
 
     lock = None
     callbacks: list[pl.Callback] = []
