@@ -1,0 +1,155 @@
+"""Benchmark of MethodeB inference: frames/s of the segmentation forward pass.
+
+For each network (the CPU-sized U-Net, 4 levels × 16 features, and the paper's default, 7 × 64),
+batch size (1 and 32), precision (fp32, bf16 autocast) and memory format (channels_last on/off),
+``model.prediction({'Flow': flow})`` runs under ``torch.inference_mode`` and is timed as the
+median of repeats; frames/s = batch / median. The bf16 output is compared with fp32's (max
+absolute difference of the masks, and agreement of the argmax labels).
+
+Each measurement gets at most ``--max-seconds`` (estimated from the smallest batch): fewer
+repeats (at least one), or skipped and reported as such if one batch would not fit; on a small
+CPU, the paper's net at batch 32 takes minutes.
+
+Usage: ``python bench/bench_inference.py [--quick] [--device cpu|cuda] [--out bench/results/inference.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_common import announce, env_info, env_markdown, markdown_table, write_results  # noqa: E402
+
+logger = logging.getLogger("bench_inference")
+
+NETS = {
+    "cpu-sized": {"unet.num_layers": 4, "unet.features_start": 16},
+    "paper": {"unet.num_layers": 7, "unet.features_start": 64},
+}
+
+
+def timed(fn, repeats: int, warmup: int, sync) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_net(net: str, device: torch.device, batches: Sequence[int], repeats: int, warmup: int,
+              max_seconds: float, img_size: Sequence[int], L: int) -> list[dict]:
+    from bench_theta import synthetic_flows
+
+    from Models.CoherenceNets.MethodeB import MethodeB
+
+    torch.manual_seed(0)
+    model = MethodeB(**NETS[net], img_size=list(img_size), nAffineMasks=L).to(device).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    flows = synthetic_flows(max(batches), img_size, seed=0)[0].to(device)
+    rows: list[dict] = []
+    per_frame_s: dict[tuple[str, bool], float] = {}
+    for channels_last in (False, True):
+        model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for precision in ("fp32", "bf16"):
+            for batch in sorted(batches):
+                flow = flows[:batch]
+                if channels_last:
+                    flow = flow.contiguous(memory_format=torch.channels_last)
+                row = {"net": net, "params_M": params, "device": device.type, "batch": batch, "precision": precision,
+                       "channels_last": channels_last}
+                est = per_frame_s.get((precision, channels_last))  # from the smallest batch, an upper bound
+                n_fit = int(max_seconds // (est * batch)) if est else repeats + warmup
+                if n_fit < 1:
+                    row["skipped"] = f"estimated {est * batch:.0f} s per batch > --max-seconds"
+                    rows.append(row)
+                    continue
+                n_warm = min(warmup, n_fit - 1)
+                n_rep = max(1, min(repeats, n_fit - n_warm))
+
+                def run(flow=flow, precision=precision, model=model) -> torch.Tensor:
+                    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                enabled=precision == "bf16"):
+                        return model.prediction({"Flow": flow})["Pred"]
+
+                times = timed(run, n_rep, n_warm, sync)
+                med = statistics.median(times)
+                per_frame_s.setdefault((precision, channels_last), med / batch)
+                row.update({"repeats": n_rep, "median_ms": 1e3 * med, "min_ms": 1e3 * min(times),
+                            "frames_per_s": batch / med})
+                if precision == "bf16":
+                    with torch.inference_mode():
+                        ref = model.prediction({"Flow": flow})["Pred"].float()
+                        out = run().float()
+                    row["bf16_max_abs_diff"] = (out - ref).abs().max().item()
+                    row["bf16_label_agreement"] = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+                rows.append(row)
+                logger.info("%s b=%d %s channels_last=%s: %s", net, batch, precision, channels_last,
+                            f"{row['frames_per_s']:.1f} frames/s")
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="CPU-sized net, batch 1 and 32, 3 repeats")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default="bench/results/inference.json")
+    p.add_argument("--nets", default=None, help="comma-separated among cpu-sized,paper (default both)")
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--img_size", type=int, nargs=2, default=(128, 224))
+    p.add_argument("--L", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=None, help="default 7; quick 3")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--max-seconds", type=float, default=120.0,
+                   help="skip a measurement estimated to take longer than this")
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    nets = (a.nets or ("cpu-sized" if a.quick else "cpu-sized,paper")).split(",")
+    batches = [int(b) for b in a.batches.split(",")]
+    repeats = a.repeats or (3 if a.quick else 7)
+    rows = []
+    for net in nets:
+        rows.extend(bench_net(net, device, batches, repeats, a.warmup, a.max_seconds, a.img_size, a.L))
+    info = env_info()
+    cols = [("net", "net"), ("params_M", "params (M)", ".2f"), ("batch", "batch"), ("precision", "precision"),
+            ("channels_last", "channels_last"), ("repeats", "repeats"), ("median_ms", "median ms", ".1f"),
+            ("min_ms", "min ms", ".1f"), ("frames_per_s", "frames/s", ".2f"),
+            ("bf16_max_abs_diff", "bf16 max |Δpred|", ".2e"), ("bf16_label_agreement", "bf16 argmax agreement", ".4f"),
+            ("skipped", "skipped")]
+    print("## Inference\n")
+    print(env_markdown(info) + "\n")
+    print(f"model.prediction under inference_mode, {a.img_size[0]} × {a.img_size[1]}, L = {a.L}; device {a.device}.\n")
+    print(markdown_table(rows, cols))
+    meta = {"img_size": list(a.img_size), "L": a.L, "device": a.device, "batches": batches, "repeats": repeats,
+            "max_seconds": a.max_seconds, "quick": a.quick, "argv": list(sys.argv[1:] if argv is None else argv)}
+    announce(write_results(a.out, rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
