@@ -125,3 +125,15 @@ def test_out_of_memory_message_says_what_to_lower():
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     msg = out_of_memory_message(args, err)
     assert "--batch_size 64" in msg and "lower --batch_size" in msg
+
+
+def test_last_checkpoint_is_the_last_epoch_even_without_improvement(tiny_split, tmp_path):
+    base, prefix = tiny_split
+    run_dir = tmp_path / "flat"
+    # lr 0: the weights never change, so epoch 0 stays the best by epoch_val_loss
+    run_cli(["model_train.py", "--path_save_model", str(run_dir), "--base_dir", base, "--data_file", prefix, *SMALL,
+             "--batch_size", "8", "--max_epochs", "3", "--optim.lr", "0", "--limit_train_batches", "1"])
+    assert [p.name for p in run_dir.glob("epoch=*.ckpt")] == [p.name for p in run_dir.glob("epoch=0-*.ckpt")]
+    last = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2
+    assert not list(run_dir.glob("*.tmp"))

@@ -123,8 +123,10 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         if _is_rank_zero_process():
             lock = RunLock(save_dir).acquire()
         ckpt_cb = ModelCheckpoint(dirpath=save_dir, filename="{epoch}-{epoch_val_loss:.5f}",
-                                  monitor="epoch_val_loss", mode="min", save_top_k=1, save_last=True)
-        callbacks += [ckpt_cb, ResultsWriter(save_dir)]
+                                  monitor="epoch_val_loss", mode="min", save_top_k=1)
+        last_cb = LastCheckpoint(os.path.join(save_dir, "last.ckpt"))
+        # Order matters: an epoch's rows are on disk before the checkpoint that skips that epoch.
+        callbacks += [ResultsWriter(save_dir), last_cb, ckpt_cb]
     ckpt_path = args.ckpt_path
     if ckpt_path == "last" and save_dir is not None:
         ckpt_path = os.path.join(save_dir, "last.ckpt")
@@ -149,7 +151,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         "path_save_model": save_dir,
         "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else None,
-        "last_checkpoint": ckpt_cb.last_model_path if ckpt_cb else None,
+        "last_checkpoint": last_cb.path if ckpt_cb else None,
         "epochs": trainer.current_epoch,
         "val_jacc": metrics.get("val/jacc"),
         "epoch_val_loss": metrics.get("epoch_val_loss"),
@@ -158,6 +160,27 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     if save_dir is not None and trainer.is_global_zero:
         atomic_write_json(os.path.join(save_dir, "train_summary.json"), summary)
     return summary
+
+
+class LastCheckpoint(pl.Callback):
+    """``last.ckpt`` after every training epoch (validation included), written then renamed.
+
+    Lightning's ``save_last`` only refreshes it when a top-k checkpoint is saved, so a run whose
+    last epochs did not improve the monitored loss lost them; and a crash mid-write must not
+    leave a truncated file where the previous good one was.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        tmp = f"{self.path}.tmp"
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        trainer.strategy.barrier("last-checkpoint-written")
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
