@@ -151,7 +151,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         "path_save_model": save_dir,
         "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else None,
-        "last_checkpoint": last_cb.path if ckpt_cb else None,
+        "last_checkpoint": os.path.abspath(last_cb.path) if ckpt_cb else None,
         "epochs": trainer.current_epoch,
         "val_jacc": metrics.get("val/jacc"),
         "epoch_val_loss": metrics.get("epoch_val_loss"),
