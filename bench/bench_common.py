@@ -28,6 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 Column = str | tuple[str, str] | tuple[str, str, str]
 
 
+#: the networks the benchmarks compare: the CPU-sized one and the paper's default
+NETS = {
+    "cpu-sized": {"unet.num_layers": 4, "unet.features_start": 16},
+    "paper": {"unet.num_layers": 7, "unet.features_start": 64},
+}
+
 def cpu_model() -> str:
     """The CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:

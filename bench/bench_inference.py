@@ -29,14 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_common import announce, env_info, env_markdown, markdown_table, write_results  # noqa: E402
+from bench_common import NETS, announce, env_info, env_markdown, markdown_table, write_results  # noqa: E402
 
 logger = logging.getLogger("bench_inference")
 
-NETS = {
-    "cpu-sized": {"unet.num_layers": 4, "unet.features_start": 16},
-    "paper": {"unet.num_layers": 7, "unet.features_start": 64},
-}
 
 
 def timed(fn, repeats: int, warmup: int, sync) -> list[float]:
