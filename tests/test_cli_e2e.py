@@ -118,3 +118,18 @@ def test_init_ckpt_fine_tunes_from_weights(tiny_split, tmp_path):
     mismatch = run_cli([*common, "--path_save_model", str(tmp_path / "bad"), "--unet.features_start", "16"],
                        expect_ok=False)
     assert mismatch.returncode != 0 and "--init_ckpt" in mismatch.stderr and "size mismatch" in mismatch.stderr
+
+
+@pytest.mark.parametrize("kind", ["wandb", "tensorboard"])
+def test_other_loggers_work_offline(tiny_split, tmp_path, kind):
+    base, prefix = tiny_split
+    run_dir = tmp_path / kind
+    run_cli(["model_train.py", "--path_save_model", str(run_dir), "--base_dir", base, "--data_file", prefix, *SMALL,
+             "--max_epochs", "1", "--limit_train_batches", "2", "--logger", kind],
+            env={"WANDB_API_KEY": "", "WANDB_MODE": ""})
+    if kind == "wandb":
+        runs = list((run_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1  # no account, no network: an offline run to `wandb sync` later
+        assert list(runs[0].rglob("*.png"))  # the validation figure
+    else:
+        assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
