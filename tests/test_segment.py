@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -79,16 +80,16 @@ def test_segment_video_cli(tmp_path, small_ckpt):
 @pytest.mark.skipif(not BUNDLED_CKPT.exists(), reason="bundled checkpoint not present")
 def test_bundled_model_segments_blackswan_as_one_object(tmp_path):
     model = load_segmenter(None, device="cpu")
-    res = segment_flows(model, [BUNDLED_CKPT.parent.parent / "images" / "00000.flo"], tmp_path, gif=False,
-                        progress=False)
+    assert BUNDLED_CKPT.stat().st_size < 20e6
+    res = segment_flows(model, [Path(ROOT) / "images" / "00000.flo"], tmp_path, gif=False, progress=False)
     assert res["n_flows"] == 1
     mask = np.array(Image.open(tmp_path / "00000_binary.png")) > 0
-    frac = mask.mean()
-    assert 0.03 < frac < 0.35, frac  # the swan, not the water or the sky
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    largest = stats[1:, cv2.CC_STAT_AREA].max()
-    assert largest >= 0.9 * mask.sum()  # one object
-    ys, xs = np.nonzero(labels == 1 + stats[1:, cv2.CC_STAT_AREA].argmax())
-    # the swan sits in the middle of the frame (DAVIS blackswan, frame 0)
-    assert 0.25 < xs.mean() / mask.shape[1] < 0.75 and 0.2 < ys.mean() / mask.shape[0] < 0.8
-    assert os.path.samefile(BUNDLED_CKPT.parent.parent, ROOT)
+    assert mask.shape == (480, 854)
+    assert 0.05 < mask.mean() < 0.35, mask.mean()  # the swan, not the water or the sky
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    assert areas.max() >= 0.85 * mask.sum()  # one object, a few specks
+    swan = labels == 1 + areas.argmax()
+    # DAVIS blackswan frame 0: the body left of centre, the neck rising at x ≈ 440 (row, column)
+    assert swan[330, 350] and swan[150, 440]
+    assert not mask[50, 100] and not mask[40, 700] and not mask[460, 40]  # sky and water
