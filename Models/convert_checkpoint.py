@@ -16,6 +16,7 @@ import sys
 import torch
 
 from Models.checkpoint_io import read_checkpoint, sanitise_for_safe_load
+from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,12 @@ def convert_checkpoint(src: str, dst: str, overwrite: bool = False, inference_on
     ckpt = sanitise_for_safe_load(read_checkpoint(src, trust=True))
     if inference_only:
         ckpt = {k: v for k, v in ckpt.items() if k in INFERENCE_KEYS}
-    tmp = f"{dst}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    torch.load(tmp, map_location="cpu", weights_only=True)  # prove it loads safely before publishing
-    os.replace(tmp, dst)
+
+    def save_and_prove(tmp) -> None:
+        torch.save(ckpt, tmp)
+        torch.load(tmp, map_location="cpu", weights_only=True)  # loads safely, or is never published
+
+    atomic_write(dst, save_and_prove)
     return ckpt
 
 

@@ -20,6 +20,7 @@ import sys
 import pandas as pd
 
 from csvflowdatamodule.CsvDataModule import resolve_data_path
+from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ def merge_splits(out_prefix: str, splits: list[tuple[str, str]], relative_to: st
             logger.warning("%s: dropping column(s) %s that not every split has", step, dropped)
         merged = pd.concat([f[common] for f in frames], ignore_index=True)
         target = f"{out_prefix}_{step}.csv"
-        tmp = f"{target}.tmp{os.getpid()}"
-        merged.to_csv(tmp, index=False)
-        os.replace(tmp, target)
+        atomic_write(target, lambda p, df=merged: df.to_csv(p, index=False))
         counts[step] = len(merged)
         logger.info("%s: %d rows from %d splits", target, len(merged), len(frames))
     return counts

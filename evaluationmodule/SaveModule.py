@@ -11,8 +11,6 @@ import json
 import logging
 import math
 import os
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from utils.atomic_io import atomic_write, atomic_write_text
+
 logger = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_path)`` then rename the temporary file to ``path``; the tmp file is removed on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return _atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _json_safe(obj: Any) -> Any:
@@ -67,7 +49,7 @@ def write_json(obj: dict, path: str | os.PathLike) -> Path:
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a DataFrame without its index, atomically (NaN written as empty cells)."""
-    return _atomic_write(Path(path), lambda p: df.to_csv(p, index=False))
+    return atomic_write(Path(path), lambda p: df.to_csv(p, index=False))
 
 
 def write_mask_png(mask: np.ndarray, path: str | os.PathLike) -> Path:
@@ -76,12 +58,12 @@ def write_mask_png(mask: np.ndarray, path: str | os.PathLike) -> Path:
     if mask.ndim != 2:
         raise ValueError(f"expected a mask (I, J), got shape {mask.shape}")
     im = Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L")
-    return _atomic_write(Path(path), lambda p: im.save(p, format="PNG"))
+    return atomic_write(Path(path), lambda p: im.save(p, format="PNG"))
 
 
 def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
     FigureCanvasAgg(fig)
-    return _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def write_frame_figure(path: str | os.PathLike, gt: np.ndarray, labels: np.ndarray, pred_mask: np.ndarray,

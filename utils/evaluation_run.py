@@ -26,23 +26,16 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule, collate_skipping
+from evaluationmodule.SaveModule import write_mask_png
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
+from utils.atomic_io import atomic_write, atomic_write_text
 from utils.figures import frame_figure, save_figure
-from utils.results import (
-    RESULT_COLUMNS,
-    RunLock,
-    append_rows,
-    atomic_write_json,
-    atomic_write_text,
-    read_rows,
-    rewrite_rows,
-)
+from utils.results import RESULT_COLUMNS, RunLock, append_rows, atomic_write_json, read_rows, rewrite_rows
 from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 from utils.training import explicit_flags
 
@@ -127,9 +120,9 @@ class FrameOutputWriter(pl.Callback):
             stem = output_stem(self.save_dir, row["file_name"])
             os.makedirs(os.path.dirname(stem), exist_ok=True)
             if self.save_npy:
-                _atomic_npy(f"{stem}_proba.npy", pred[i].numpy().astype(np.float32))
+                atomic_write(f"{stem}_proba.npy", lambda p, a=pred[i].numpy().astype(np.float32): _save_npy(p, a))
             if self.save_mask:
-                _atomic_png(f"{stem}_binary.png", mask[i].numpy().astype(np.uint8) * 255)
+                write_mask_png(mask[i].numpy(), f"{stem}_binary.png")
             if self.draw_figs:
                 sample = {k: outputs[k][i] for k in ("Image", "Flow", "Pred", "PredMask", "GtMask", "ParametricFlow")
                           if k in outputs}
@@ -139,16 +132,9 @@ class FrameOutputWriter(pl.Callback):
         append_rows(self.part_path(trainer.global_rank), rows, EVAL_COLUMNS)
 
 
-def _atomic_npy(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-def _atomic_png(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+def _save_npy(path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a handle: np.save on a name would append ".npy" to the temporary one
+        np.save(fh, arr)
 
 
 def frame_complete(row: dict, save_dir: str, args: argparse.Namespace) -> bool:
@@ -228,7 +214,7 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
     rewrite_rows(final_path, rows, EVAL_COLUMNS)
     for part in glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv")):
         os.remove(part)
-    atomic_write_text(os.path.join(save_dir, f"results_{step}_summary.tsv"), summary_table(rows))
+    atomic_write_text(os.path.join(save_dir, f"results_{step}_summary.tsv"), summary_table(rows), fsync=True)
     skipped = sorted({s[1:] for s in model.skipped_samples if s[0] == "test"})
     if skipped:
         atomic_write_text(os.path.join(save_dir, f"skipped_{step}.tsv"),

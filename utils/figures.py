@@ -108,10 +108,10 @@ def frame_figure(sample: dict, title: str = "", jacc: float | None = None, argma
 
 
 def save_figure(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    """Save a figure as PNG (write then rename) and close it."""
+    from utils.atomic_io import atomic_write
+
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 
 

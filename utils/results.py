@@ -21,6 +21,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from utils.atomic_io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["epoch", "step_label", "file_name", "losses", "jaccs", "masks_usages"]
@@ -30,18 +32,8 @@ SKIP_COLUMNS = ["step_label", "index", "file_name", "reason"]
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
-def atomic_write_text(path: str, text: str) -> None:
-    """Write then rename: readers see the old file or the new one, never half of it."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", fsync=True)
 
 
 def append_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -78,7 +70,7 @@ def rewrite_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> Non
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue(), fsync=True)
 
 
 class RunLockError(RuntimeError):
@@ -204,7 +196,6 @@ class ResultsWriter(pl.Callback):
     def flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict]:
         rows = [r for part in gather_objects(pl_module.take_frame_rows()) for r in part]
         skipped = [s for part in gather_objects(pl_module.skipped_samples) for s in part]
-        pl_module.frame_rows.clear()
         pl_module.skipped_samples.clear()
         rows = unique_rows(rows, ("epoch", "step_label", "index"))
         if trainer.is_global_zero:
@@ -221,12 +212,4 @@ class ResultsWriter(pl.Callback):
         return rows
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.flush(trainer, pl_module)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # a validate-only run has no train epoch end
-        if trainer.state.fn == "validate":
-            self.flush(trainer, pl_module)
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.flush(trainer, pl_module)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from csvflowdatamodule.CsvDataset import FilesLoaders, read_flow
 from evaluationmodule.BinarisationModule import BinarisationModule
+from evaluationmodule.SaveModule import write_mask_png
 from utils.figures import flow_to_rgb
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
             binary = binariser.binarise({"Pred": proba})["PredMask"][0].numpy()
             name = path.stem
             np.save(out / f"{name}_proba.npy", pred[k].numpy().astype(np.float32))
-            Image.fromarray(binary.astype(np.uint8) * 255).save(out / f"{name}_binary.png")
+            write_mask_png(binary, out / f"{name}_binary.png")
             if frames is not None and start + k < len(frames):
                 base = np.array(Image.open(frames[start + k]).convert("RGB").resize((W, H)))
             else:
