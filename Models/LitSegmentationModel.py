@@ -20,16 +20,6 @@ logger = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 
 
-def _str2bool(v: str | bool) -> bool:
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("1", "true", "yes", "y"):
-        return True
-    if v.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
-
-
 def collect_rng_states() -> dict:
     """torch, CUDA, NumPy and Python RNG states as tensors and lists (weights-only loadable)."""
     import random
