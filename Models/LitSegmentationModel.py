@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from typing import Any
 
@@ -73,6 +74,7 @@ class LitSegmentationModel(pl.LightningModule):
         "optim.name": "Adam",
         "optim.lr": 1e-4,
         "optim.weight_decay": 0.0,
+        "optim.schedule": "constant",
         "img_size": [128, 224],
     }
     has_network = True
@@ -133,6 +135,9 @@ class LitSegmentationModel(pl.LightningModule):
         g.add_argument("--optim.name", default=d["optim.name"], choices=["Adam", "RMSprop"])
         g.add_argument("--optim.lr", type=float, default=d["optim.lr"])
         g.add_argument("--optim.weight_decay", type=float, default=d["optim.weight_decay"])
+        g.add_argument("--optim.schedule", default=d["optim.schedule"], choices=["constant", "cosine"],
+                       help="learning rate over the run: constant (the authors'), or cosine decay to zero "
+                            "over max_epochs, stepped every batch")
         return parent_parser
 
     # ----------------------------------------------------------------------------------------
@@ -207,10 +212,22 @@ class LitSegmentationModel(pl.LightningModule):
         name = self.hparams["optim.name"]
         kw = dict(lr=float(self.hparams["optim.lr"]), weight_decay=float(self.hparams["optim.weight_decay"]))
         if name == "Adam":
-            return torch.optim.Adam(self.parameters(), **kw)
-        if name == "RMSprop":
-            return torch.optim.RMSprop(self.parameters(), **kw)
-        raise ValueError(f"--optim.name must be 'Adam' or 'RMSprop', got {name!r}")
+            opt = torch.optim.Adam(self.parameters(), **kw)
+        elif name == "RMSprop":
+            opt = torch.optim.RMSprop(self.parameters(), **kw)
+        else:
+            raise ValueError(f"--optim.name must be 'Adam' or 'RMSprop', got {name!r}")
+        schedule = self.hparams.get("optim.schedule", "constant")
+        if schedule == "constant":
+            return opt
+        if schedule != "cosine":
+            raise ValueError(f"--optim.schedule must be 'constant' or 'cosine', got {schedule!r}")
+        # Sized from max_epochs; a run cut short by --max_time simply ends before lr reaches zero.
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise ValueError("--optim.schedule cosine needs a finite --max_epochs (or max_steps)")
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
         raise NotImplementedError

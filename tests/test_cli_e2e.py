@@ -120,6 +120,24 @@ def test_init_ckpt_fine_tunes_from_weights(tiny_split, tmp_path):
     assert mismatch.returncode != 0 and "--init_ckpt" in mismatch.stderr and "size mismatch" in mismatch.stderr
 
 
+def test_cosine_schedule_decays_to_zero_over_the_run(tiny_split, tmp_path):
+    import torch
+
+    base, prefix = tiny_split
+    common = ["model_train.py", "--base_dir", base, "--data_file", prefix, *SMALL, "--max_epochs", "2",
+              "--limit_train_batches", "2", "--logger", "none", "--optim.lr", "1e-3"]
+    run_cli([*common, "--path_save_model", str(tmp_path / "cos"), "--optim.schedule", "cosine"])
+    ckpt = torch.load(tmp_path / "cos" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["optim.schedule"] == "cosine"
+    (sched,) = ckpt["lr_schedulers"]
+    assert sched["T_max"] == 4 and sched["last_epoch"] == 4  # 2 epochs × 2 batches, stepped per batch
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    run_cli([*common, "--path_save_model", str(tmp_path / "const")])
+    ckpt = torch.load(tmp_path / "const" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["lr_schedulers"] == []
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+
+
 @pytest.mark.parametrize("kind", ["wandb", "tensorboard"])
 def test_other_loggers_work_offline(tiny_split, tmp_path, kind):
     base, prefix = tiny_split
