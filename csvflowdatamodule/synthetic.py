@@ -156,8 +156,13 @@ def _smooth_noise(rng: np.random.Generator, img_size: tuple[int, int], amplitude
 
 
 def generate_sequence(rng: np.random.Generator, img_size: tuple[int, int], n_frames: int,
-                      bases: _Bases | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One sequence of ``n_frames`` samples: [(flow (I, J, 2) float32, mask (I, J) bool), ...]."""
+                      bases: _Bases | None = None, with_support: bool = False) -> list[tuple[np.ndarray, ...]]:
+    """One sequence of ``n_frames`` samples: [(flow (I, J, 2) float32, mask (I, J) bool), ...].
+
+    With ``with_support``, each sample also has its motion support (I, J) bool: the pixels that
+    carry an object's motion, i.e. the objects plus the 0-2 px their motion bleeds over (before
+    blur and noise). The flows and masks are the same either way.
+    """
     I, J = img_size
     bases = bases or _Bases(img_size)
     s = float(np.sqrt(I * J / _REF_AREA))
@@ -186,6 +191,7 @@ def generate_sequence(rng: np.random.Generator, img_size: tuple[int, int], n_fra
         bg = bases.field(theta_t)
         flow = bg.copy()
         gt = np.zeros(img_size, bool)
+        support = np.zeros(img_size, bool)
         for obj in objects:
             m = obj.mask(img_size, obj.spin * t)
             cc = _to_centred(obj.centre, img_size)
@@ -195,6 +201,7 @@ def generate_sequence(rng: np.random.Generator, img_size: tuple[int, int], n_fra
             spread = cv2.dilate(m.astype(np.uint8), kernel).astype(bool) if kernel is not None else m
             flow[spread] = fo[spread]
             gt |= m
+            support |= spread
             # Move the object along its own motion (u → columns, v → rows); bounce off the borders.
             step = np.array([u_centre[1], u_centre[0]])
             new = obj.centre + step
@@ -208,13 +215,19 @@ def generate_sequence(rng: np.random.Generator, img_size: tuple[int, int], n_fra
         flow = cv2.GaussianBlur(flow, (0, 0), sigmaX=sigma_blur, sigmaY=sigma_blur, borderType=cv2.BORDER_REFLECT)
         flow += _smooth_noise(rng, img_size, sigma_smooth)
         flow += rng.normal(0.0, sigma_white, size=flow.shape).astype(np.float32)
-        out.append((np.ascontiguousarray(flow, dtype=np.float32), gt))
+        flow = np.ascontiguousarray(flow, dtype=np.float32)
+        out.append((flow, gt, support) if with_support else (flow, gt))
     return out
 
 
 # --------------------------------------------------------------------------------------------
 # Writing a DataSplit
 # --------------------------------------------------------------------------------------------
+def _sequence_rng(seed: int, split: str, k: int) -> np.random.Generator:
+    """The generator of sequence ``k`` of ``split``: it depends on (seed, split, k) only."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), k, GENERATOR_VERSION]))
+
+
 def _check_size(img_size: Sequence[int]) -> tuple[int, int]:
     size = tuple(int(v) for v in img_size)
     if len(size) != 2 or min(size) < 8:
@@ -246,12 +259,12 @@ def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_
     bases = _Bases(size)
     png = [cv2.IMWRITE_PNG_COMPRESSION, 1]
     t0 = time.perf_counter()
-    for split_code, split in enumerate(SPLITS):
+    for split in SPLITS:
         rows = []
         n = counts[split]
         for k in range(-(-n // frames_per_sequence)):
             n_frames = min(frames_per_sequence, n - k * frames_per_sequence)
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), split_code, k, GENERATOR_VERSION]))
+            rng = _sequence_rng(seed, split, k)
             seq = f"{split}_seq_{k:03d}"
             for sub in ("Flows", "Images", "Masks"):
                 (out / sub / seq).mkdir(parents=True, exist_ok=True)
@@ -272,6 +285,47 @@ def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_
     _info_path(out, name).write_text(json.dumps(info, indent=2) + "\n")
     logger.info("synthetic split %s: %s samples in %.1f s", out / name, counts, time.perf_counter() - t0)
     return str(out / name)
+
+
+def motion_support(out_dir: str | os.PathLike, name: str,
+                   split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Regenerate one split of a synthetic DataSplit with each frame's motion support.
+
+    Returns [(Flow path as in the CSV, ground-truth mask (I, J) bool, motion support (I, J) bool)]
+    in CSV order. The support is the best a segmentation of the flow can do: the region that moves
+    with an object (see :func:`generate_sequence`). Raises ``ValueError`` if the files on disk are
+    not what this generator makes from the split's ``NAME_info.json`` (another version or seed, or
+    edited masks).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    out = Path(out_dir)
+    try:
+        info = json.loads(_info_path(out, name).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{_info_path(out, name)}: not a synthetic DataSplit's info file ({exc})") from None
+    if info.get("generator_version") != GENERATOR_VERSION:
+        raise ValueError(f"{_info_path(out, name)}: generator version {info.get('generator_version')!r}, this code "
+                         f"makes version {GENERATOR_VERSION}; regenerate the split")
+    size, fps, n = tuple(info["img_size"]), int(info["frames_per_sequence"]), int(info[f"n_{split}"])
+    with open(out / f"{name}_{split}.csv", newline="") as fh:
+        flows = [row["Flow"] for row in csv.DictReader(fh)]
+    if len(flows) != n:
+        raise ValueError(f"{out / f'{name}_{split}.csv'}: {len(flows)} rows, {n} expected from the info file")
+    bases = _Bases(size)
+    result = []
+    for k in range(-(-n // fps)):
+        n_frames = min(fps, n - k * fps)
+        for t, (_, gt, support) in enumerate(generate_sequence(_sequence_rng(info["seed"], split, k), size,
+                                                               n_frames, bases, with_support=True)):
+            flow_path = flows[k * fps + t]
+            mask_path = out / f"Masks/{split}_seq_{k:03d}/{t:05d}.png"
+            stored = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            if stored is None or stored.shape != gt.shape or not np.array_equal(stored > 0, gt):
+                raise ValueError(f"{mask_path}: differs from the regenerated mask (another seed or generator, "
+                                 f"or an edited file); cannot give its motion support")
+            result.append((flow_path, gt, support))
+    return result
 
 
 def default_cache_dir() -> Path:

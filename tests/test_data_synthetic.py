@@ -125,3 +125,46 @@ def test_bad_arguments(tmp_path):
         synthetic.make_synthetic_split(tmp_path, "x", -1, 0, 0)
     with pytest.raises(ValueError):
         synthetic.make_synthetic_split(tmp_path, "x", 1, 0, 0, img_size=(4, 4))
+
+
+def test_motion_support_is_the_objects_plus_their_bleed():
+    import cv2
+
+    size, bases = (64, 112), synthetic._Bases((64, 112))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    n_bleed = n_exact = 0
+    for k in range(12):
+        plain = synthetic.generate_sequence(np.random.default_rng([7, k]), size, 3, bases)
+        full = synthetic.generate_sequence(np.random.default_rng([7, k]), size, 3, bases, with_support=True)
+        for (flow, gt), (flow2, gt2, support) in zip(plain, full):
+            # the dataset itself is unchanged by asking for the support
+            assert np.array_equal(flow, flow2) and np.array_equal(gt, gt2)
+            assert support.dtype == bool and support.shape == size
+            assert not (gt & ~support).any()  # every object pixel moves with its object
+            assert not (support & ~cv2.dilate(gt.astype(np.uint8), disk).astype(bool)).any()  # bleed <= 2 px
+            n_bleed += bool((support & ~gt).any())
+            n_exact += bool(np.array_equal(support, gt))
+    assert n_bleed > 0 and n_exact > 0  # bleed is drawn per sequence among 0, 1 and 2 px
+
+
+def test_motion_support_of_a_written_split(tmp_path):
+    import cv2
+
+    synthetic.make_synthetic_split(tmp_path, "s", 0, 3, 12, img_size=(32, 48), seed=2)
+    out = synthetic.motion_support(tmp_path, "s", "test")
+    assert [r[0] for r in out] == [r[0] for r in _rows(tmp_path / "s_test.csv")[1:]]
+    for flow_path, gt, support in out:
+        mask = cv2.imread(str(tmp_path / flow_path.replace("Flows", "Masks").replace(".flo", ".png")), 0)
+        assert np.array_equal(mask > 0, gt) and not (gt & ~support).any()
+    assert len(synthetic.motion_support(tmp_path, "s", "val")) == 3
+    # a mask that is not the generator's: refused, naming the file
+    bad = tmp_path / "Masks" / "test_seq_001" / "00001.png"
+    cv2.imwrite(str(bad), np.zeros((32, 48), np.uint8))
+    with pytest.raises(ValueError, match="test_seq_001/00001.png"):
+        synthetic.motion_support(tmp_path, "s", "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        synthetic.motion_support(tmp_path, "s", "training")
+    info = json.loads((tmp_path / "s_info.json").read_text())
+    (tmp_path / "s_info.json").write_text(json.dumps({**info, "generator_version": 0}))
+    with pytest.raises(ValueError, match="generator version"):
+        synthetic.motion_support(tmp_path, "s", "val")

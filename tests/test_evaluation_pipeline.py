@@ -264,3 +264,20 @@ def test_atomic_write_leaves_no_truncated_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
     write_json({"x": math.nan, "y": np.float32(0.5)}, tmp_path / "s.json")
     assert json.loads((tmp_path / "s.json").read_text()) == {"x": None, "y": 0.5}
+
+
+def test_motion_ceiling_cli_scores_the_support(tmp_path, capsys):
+    from csvflowdatamodule.synthetic import make_synthetic_split, motion_support
+    from evaluationmodule import motion_ceiling
+
+    prefix = make_synthetic_split(tmp_path / "d", "syn", 0, 10, 20, img_size=(48, 80), seed=4)
+    means = motion_ceiling.main(["--data_file", prefix, "--steps", "val", "test", "--save_dir", str(tmp_path / "o")])
+    for step in ("val", "test"):
+        by_hand = [(g & s).sum() / (g | s).sum() for _, g, s in motion_support(tmp_path / "d", "syn", step)]
+        table = pd.read_csv(tmp_path / "o" / f"ceiling_{step}.csv")
+        assert np.allclose(table["jaccs"], by_hand) and means[step] == pytest.approx(np.mean(by_hand))
+        assert table["sequence"].iloc[0] == f"{step}_seq_000"
+    assert 0.5 < means["test"] < 1.0  # bleed in some frames of this seed, not in all
+    assert f"motion-support ceiling J = {means['test']:.4f}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--data_file .*nowhere"):
+        motion_ceiling.main(["--data_file", str(tmp_path / "nowhere" / "syn")])
