@@ -7,6 +7,7 @@ import re
 
 import matplotlib
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -25,6 +26,9 @@ def test_running_a_model_snippet(monkeypatch):
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert tuple(scope["r"]["Pred"].shape) == (1, 2, 128, 224)
+    fg = scope["r"]["PredMask"]
+    assert fg.shape == (1, 128, 224) and fg.dtype == torch.bool
+    assert 0.05 < fg.float().mean() < 0.35  # the swan, whichever mask the model put it in
 
 
 def test_loss_snippet():
