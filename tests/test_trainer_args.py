@@ -41,3 +41,13 @@ def test_demo_defaults_only_fill_what_the_user_did_not_set():
     real = parse_args(["--data_file", "DataSplit/Exp6_Split", "--image_size", "64", "112"])
     assert not real.demo and real.max_epochs == PAPER_MAX_EPOCHS and real.img_size == [64, 112]
     assert getattr(real, "unet.num_layers") == 7  # the paper's network unless told otherwise
+
+
+def test_cosine_schedule_needs_a_finite_run(capsys):
+    ok = parse_args(["--optim.schedule", "cosine", "--max_epochs", "3"])
+    assert getattr(ok, "optim.schedule") == "cosine"
+    assert parse_args(["--optim.schedule", "cosine", "--max_epochs", "-1", "--max_steps", "50"]).max_steps == 50
+    assert parse_args(["--max_epochs", "-1"]).max_epochs == -1  # an endless constant-rate run is fine
+    with pytest.raises(SystemExit):
+        parse_args(["--optim.schedule", "cosine", "--max_epochs", "-1"])
+    assert "give a finite --max_epochs (got -1)" in capsys.readouterr().err
