@@ -46,6 +46,9 @@ python model_eval.py --ckpt checkpoints/em_small.ckpt --save_dir "$D/eval_model"
 python model_eval.py --model ClassicalEM -L 2 --save_dir "$D/eval_em" --base_dir "$D/synthetic" \
     --data_file "$D/synthetic/synthetic" --steps test
 # ... and the ceiling: J of a perfect segmentation of the flow (the region moving with each object)
-python -m evaluationmodule.motion_ceiling --data_file "$D/synthetic/synthetic" --steps val test --save_dir "$D/ceiling"
+python -m evaluationmodule.motion_ceiling --data_file "$D/synthetic/synthetic" --steps val --save_dir "$D/ceiling"
+python -m evaluationmodule.motion_ceiling --data_file "$D/synthetic/synthetic" --steps test --save_dir "$D/ceiling" \
+    --compare em_small="$D/eval_model/results_test.csv" ClassicalEM="$D/eval_em/results_test.csv"
+cp "$D/ceiling/ceiling_test_per_sequence.png" checkpoints/synthetic_test_per_sequence.png
 # 6. the blackswan figure
 python segment.py --flow images/00000.flo --out "$D/blackswan"

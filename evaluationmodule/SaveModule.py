@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,28 +87,39 @@ def write_frame_figure(path: str | os.PathLike, gt: np.ndarray, labels: np.ndarr
     return _save_figure(fig, Path(path))
 
 
-def write_per_sequence_plot(per_sequence: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
-    """Grouped bar plot of J mean and F mean per sequence (columns ``sequence``, ``J_mean``, ``F_mean``)."""
-    seqs = [str(s) if s != "" else "(root)" for s in per_sequence["sequence"]]
-    n = len(seqs)
+def write_grouped_bars(sequences: Sequence[str], series: dict[str, np.ndarray], path: str | os.PathLike,
+                       title: str, ylabel: str = "score") -> Path:
+    """Bar plot with one group per sequence and one bar per series (label → values (n_sequences,));
+    a dashed line marks each series' mean over sequences. NaN values draw as 0 and are left out of means."""
+    seqs = [str(s) if s != "" else "(root)" for s in sequences]
+    n, k = len(seqs), max(len(series), 1)
     x = np.arange(n)
-    fig = Figure(figsize=(max(6.0, 0.35 * n + 2.0), 4.0))
+    fig = Figure(figsize=(max(6.0, 0.12 * k * n + 0.25 * n + 2.0), 4.0))
     ax = fig.subplots()
-    width = 0.4
-    j = per_sequence["J_mean"].to_numpy(dtype=float)
-    f = per_sequence["F_mean"].to_numpy(dtype=float)
-    ax.bar(x - width / 2, np.nan_to_num(j), width, label="J (region)", color="tab:blue")
-    ax.bar(x + width / 2, np.nan_to_num(f), width, label="F (boundary)", color="tab:orange")
-    if n:
-        ax.axhline(np.nanmean(j) if np.isfinite(j).any() else 0, color="tab:blue", ls="--", lw=1)
-        ax.axhline(np.nanmean(f) if np.isfinite(f).any() else 0, color="tab:orange", ls="--", lw=1)
+    width = 0.8 / k
+    for i, (label, values) in enumerate(series.items()):
+        v = np.asarray(values, dtype=float)
+        if v.shape != (n,):
+            raise ValueError(f"series {label!r}: expected {n} values (one per sequence), got shape {v.shape}")
+        color = f"C{i}"
+        ax.bar(x + (i - (k - 1) / 2) * width, np.nan_to_num(v), width, label=label, color=color)
+        if n and np.isfinite(v).any():
+            ax.axhline(np.nanmean(v), color=color, ls="--", lw=1)
     ax.set_xticks(x)
     ax.set_xticklabels(seqs, rotation=70, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("score")
-    ax.set_title(title or "Per-sequence J and F (dashed: mean over sequences)", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return _save_figure(fig, Path(path))
+
+
+def write_per_sequence_plot(per_sequence: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+    """Grouped bar plot of J mean and F mean per sequence (columns ``sequence``, ``J_mean``, ``F_mean``)."""
+    return write_grouped_bars(per_sequence["sequence"].tolist(),
+                              {"J (region)": per_sequence["J_mean"].to_numpy(dtype=float),
+                               "F (boundary)": per_sequence["F_mean"].to_numpy(dtype=float)},
+                              path, title or "Per-sequence J and F (dashed: mean over sequences)")
 
 
 class SaveModule:

@@ -10,9 +10,12 @@ disk, and scores the support frame by frame, like ``model_eval.py`` scores a mod
 Usage (from the repository root)::
 
     python -m evaluationmodule.motion_ceiling --data_file data/synthetic/synthetic --steps test \\
-        [--save_dir DIR]
+        [--compare model=runs/m/eval/results_test.csv em=runs/em/results_test.csv] [--save_dir DIR]
 
-With ``--save_dir`` it writes ``ceiling_{step}.csv`` (file_name, sequence, jaccs).
+``--compare`` puts methods' per-frame results (``model_eval.py``'s ``results_{step}.csv``; every
+frame of the split must be there) beside the ceiling: mean J, gap to the ceiling, frames above it.
+With ``--save_dir`` it writes ``ceiling_{step}.csv`` (file_name, sequence, jaccs) and, with
+``--compare``, ``ceiling_{step}_per_sequence.csv`` and a bar plot ``ceiling_{step}_per_sequence.png``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pandas as pd  # noqa: E402
 
 from csvflowdatamodule.synthetic import SPLITS, motion_support  # noqa: E402
 from evaluationmodule.DataLoadingModule import sequence_of  # noqa: E402
-from evaluationmodule.SaveModule import write_csv  # noqa: E402
+from evaluationmodule.SaveModule import write_csv, write_grouped_bars  # noqa: E402
 from evaluationmodule.ScoreModule import jaccard  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -49,19 +52,62 @@ def ceiling_scores(data_file: str | os.PathLike, step: str = "test") -> pd.DataF
     return pd.DataFrame(rows, columns=["file_name", "sequence", "jaccs"])
 
 
+def compare_to_ceiling(ceiling: pd.DataFrame, results: dict[str, str | os.PathLike]) -> pd.DataFrame:
+    """Per-frame J of the ceiling and of each method, aligned on ``file_name``.
+
+    ``ceiling`` is :func:`ceiling_scores`' table; ``results`` maps a label to a per-frame CSV with
+    columns ``file_name`` and ``jaccs`` (``model_eval.py``'s ``results_{step}.csv``). Returns columns
+    ``file_name``, ``sequence``, ``ceiling`` and one per label. Raises ``ValueError`` naming the CSV
+    if it lacks a frame of the split or holds a frame twice.
+    """
+    table = ceiling.rename(columns={"jaccs": "ceiling"})
+    for label, path in results.items():
+        if label in table.columns:
+            raise ValueError(f"--compare label {label!r} is used twice or is reserved")
+        try:
+            res = pd.read_csv(path, usecols=["file_name", "jaccs"])
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--compare {label}={path}: not a per-frame results CSV with file_name and jaccs "
+                             f"({exc})") from None
+        if res["file_name"].duplicated().any():
+            dup = res.loc[res["file_name"].duplicated(), "file_name"].iloc[0]
+            raise ValueError(f"--compare {label}={path}: frame {dup} appears more than once")
+        missing = sorted(set(table["file_name"]) - set(res["file_name"]))
+        if missing:
+            raise ValueError(f"--compare {label}={path}: {len(missing)} frame(s) of the split have no result, "
+                             f"e.g. {missing[0]}")
+        table = table.merge(res.rename(columns={"jaccs": label}), on="file_name", how="left", validate="1:1")
+    return table
+
+
+def _parse_compare(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"motion_ceiling: --compare expects LABEL=CSV, got {item!r}")
+        out[label] = path
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluationmodule.motion_ceiling",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--data_file", required=True,
                    help="prefix DIR/NAME of a split written by csvflowdatamodule.synthetic")
     p.add_argument("--steps", nargs="+", default=["test"], choices=list(SPLITS))
-    p.add_argument("--save_dir", help="write ceiling_{step}.csv here")
+    p.add_argument("--compare", nargs="+", default=[], metavar="LABEL=CSV",
+                   help="methods' per-frame results to set beside the ceiling (one step at a time)")
+    p.add_argument("--save_dir", help="write ceiling_{step}.csv (and the comparison table and plot) here")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    compare = _parse_compare(args.compare)
+    if compare and len(args.steps) != 1:
+        raise SystemExit("motion_ceiling: --compare takes one --steps at a time (results files are per split)")
     means = {}
     for step in args.steps:
         try:
@@ -75,6 +121,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if args.save_dir:
             path = write_csv(scores, Path(args.save_dir) / f"ceiling_{step}.csv")
             logger.info("per-frame ceiling: %s", path)
+        if not compare:
+            continue
+        try:
+            table = compare_to_ceiling(scores, compare)
+        except ValueError as exc:
+            raise SystemExit(f"motion_ceiling: {exc}") from None
+        print(f"{'method':<16} {'mean J':>8} {'ceiling - J':>12} {'frames above ceiling':>21}")
+        for label in compare:
+            means[f"{step}/{label}"] = float(table[label].mean())
+            above = int((table[label] > table["ceiling"]).sum())
+            print(f"{label:<16} {means[f'{step}/{label}']:>8.4f} {means[step] - means[f'{step}/{label}']:>12.4f} "
+                  f"{above:>21d}")
+        if args.save_dir:
+            per_seq = table.drop(columns="file_name").groupby("sequence", sort=True).mean().reset_index()
+            write_csv(per_seq, Path(args.save_dir) / f"ceiling_{step}_per_sequence.csv")
+            png = write_grouped_bars(per_seq["sequence"].tolist(),
+                                     {c: per_seq[c].to_numpy() for c in ["ceiling", *compare]},
+                                     Path(args.save_dir) / f"ceiling_{step}_per_sequence.png",
+                                     f"{step}: J per sequence against the motion-support ceiling "
+                                     "(dashed: mean over sequences)", ylabel="J")
+            logger.info("per-sequence comparison: %s", png)
     return means
 
 

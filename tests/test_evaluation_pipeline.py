@@ -281,3 +281,35 @@ def test_motion_ceiling_cli_scores_the_support(tmp_path, capsys):
     assert f"motion-support ceiling J = {means['test']:.4f}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--data_file .*nowhere"):
         motion_ceiling.main(["--data_file", str(tmp_path / "nowhere" / "syn")])
+
+
+def test_motion_ceiling_compare_aligns_frames_and_plots(tmp_path, capsys):
+    from csvflowdatamodule.synthetic import make_synthetic_split
+    from evaluationmodule import motion_ceiling
+
+    prefix = make_synthetic_split(tmp_path / "d", "syn", 0, 0, 20, img_size=(48, 80), seed=4)
+    ceiling = motion_ceiling.ceiling_scores(prefix, "test")
+    rng = np.random.default_rng(0)
+    # a method's results in another order and with extra columns, like model_eval writes them
+    res = pd.DataFrame({"epoch": 0, "file_name": ceiling["file_name"], "jaccs": rng.uniform(0.3, 1.0, 20)})
+    res.iloc[::-1].to_csv(tmp_path / "m.csv", index=False)
+    means = motion_ceiling.main(["--data_file", prefix, "--compare", f"m={tmp_path / 'm.csv'}",
+                                 "--save_dir", str(tmp_path / "o")])
+    assert means["test/m"] == pytest.approx(res["jaccs"].mean())
+    above = int((res["jaccs"].to_numpy() > ceiling["jaccs"].to_numpy()).sum())
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("m "))
+    assert line.split()[1:] == [f"{res['jaccs'].mean():.4f}", f"{ceiling['jaccs'].mean() - res['jaccs'].mean():.4f}",
+                                str(above)]
+    per_seq = pd.read_csv(tmp_path / "o" / "ceiling_test_per_sequence.csv")
+    assert list(per_seq["sequence"]) == ["test_seq_000", "test_seq_001"]
+    assert per_seq["m"].tolist() == pytest.approx([res["jaccs"][:10].mean(), res["jaccs"][10:].mean()])
+    assert Image.open(tmp_path / "o" / "ceiling_test_per_sequence.png").size[0] > 100
+    # a results file missing a frame, or holding one twice: refused, naming the file
+    res.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(SystemExit, match="short.csv: 1 frame"):
+        motion_ceiling.main(["--data_file", prefix, "--compare", f"s={tmp_path / 'short.csv'}"])
+    pd.concat([res, res.iloc[:1]]).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(SystemExit, match="dup.csv: frame .* more than once"):
+        motion_ceiling.main(["--data_file", prefix, "--compare", f"d={tmp_path / 'dup.csv'}"])
+    with pytest.raises(SystemExit, match="LABEL=CSV"):
+        motion_ceiling.main(["--data_file", prefix, "--compare", "nolabel"])
