@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csvflowdatamodule.CsvDataset import TAG_FLOAT, write_flow
+from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +109,11 @@ def iter_video_frames(video: str | os.PathLike) -> Iterator[np.ndarray]:
 
 
 def _imwrite_atomic(path: Path, image: np.ndarray) -> None:
-    """cv2.imwrite through a temporary name, so a killed run never leaves a truncated frame."""
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"cannot write {tmp}")
-    os.replace(tmp, path)
+    """An image file through a temporary name, so a killed run never leaves a truncated frame."""
+    ok, buf = cv2.imencode(path.suffix, image)  # encoded by the final name's extension
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    atomic_write(path, lambda p: p.write_bytes(buf.tobytes()))
 
 
 def _read_bgr(path: Path) -> np.ndarray:
@@ -372,9 +373,7 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
             reused += 1
             continue
         flow = np.asarray(estimator(rgb(t), rgb(t + gap)), dtype=np.float32)
-        tmp = dst.with_suffix(".flo.tmp")
-        write_flow(tmp, flow)
-        os.replace(tmp, dst)  # a killed run never leaves a truncated .flo under the final name
+        atomic_write(dst, lambda p, f=flow: write_flow(p, f))  # never a truncated .flo under the final name
         computed += 1
 
     # Masks and DataSplit CSVs.

@@ -62,6 +62,15 @@ def write_mask_png(mask: np.ndarray, path: str | os.PathLike) -> Path:
     return atomic_write(Path(path), lambda p: im.save(p, format="PNG"))
 
 
+def write_npy(arr: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an array as ``.npy``, atomically."""
+    def save(p: Path) -> None:
+        with open(p, "wb") as fh:  # a handle: np.save on a name would append ".npy" to the temporary one
+            np.save(fh, arr)
+
+    return atomic_write(Path(path), save)
+
+
 def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
     FigureCanvasAgg(fig)
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))

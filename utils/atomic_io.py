@@ -1,6 +1,8 @@
 """Write-then-rename: readers see the old file or the new one, never half of one.
 
-The one helper every writer of results, masks, figures and checkpoints in this project uses.
+The one helper every writer of results, masks, figures, flows and checkpoints in this project uses,
+except ``utils.training.LastCheckpoint``: Lightning's checkpoint save is collective (every rank
+calls it, rank 0 writes), so it renames a fixed temporary name after a barrier instead.
 """
 
 from __future__ import annotations

@@ -29,11 +29,11 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Subset
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule, collate_skipping
-from evaluationmodule.SaveModule import write_mask_png
+from evaluationmodule.SaveModule import write_mask_png, write_npy
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
-from utils.atomic_io import atomic_write, atomic_write_text
+from utils.atomic_io import atomic_write_text
 from utils.figures import frame_figure, save_figure
 from utils.results import RESULT_COLUMNS, RunLock, append_rows, atomic_write_json, read_rows, rewrite_rows
 from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
@@ -120,7 +120,7 @@ class FrameOutputWriter(pl.Callback):
             stem = output_stem(self.save_dir, row["file_name"])
             os.makedirs(os.path.dirname(stem), exist_ok=True)
             if self.save_npy:
-                atomic_write(f"{stem}_proba.npy", lambda p, a=pred[i].numpy().astype(np.float32): _save_npy(p, a))
+                write_npy(pred[i].numpy().astype(np.float32), f"{stem}_proba.npy")
             if self.save_mask:
                 write_mask_png(mask[i].numpy(), f"{stem}_binary.png")
             if self.draw_figs:
@@ -130,11 +130,6 @@ class FrameOutputWriter(pl.Callback):
                 save_figure(frame_figure(sample, title=row["file_name"], jacc=jacc, argmax=True), f"{stem}_fig.png")
             row["sequence"] = sequence_of(row["file_name"])
         append_rows(self.part_path(trainer.global_rank), rows, EVAL_COLUMNS)
-
-
-def _save_npy(path, arr: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a handle: np.save on a name would append ".npy" to the temporary one
-        np.save(fh, arr)
 
 
 def frame_complete(row: dict, save_dir: str, args: argparse.Namespace) -> bool:

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
 
+from utils.atomic_io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -109,8 +111,6 @@ def frame_figure(sample: dict, title: str = "", jacc: float | None = None, argma
 
 def save_figure(fig, path: str) -> None:
     """Save a figure as PNG (write then rename) and close it."""
-    from utils.atomic_io import atomic_write
-
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from csvflowdatamodule.CsvDataset import FilesLoaders, read_flow
 from evaluationmodule.BinarisationModule import BinarisationModule
-from evaluationmodule.SaveModule import write_mask_png
+from evaluationmodule.SaveModule import write_mask_png, write_npy
+from utils.atomic_io import atomic_write
 from utils.figures import flow_to_rgb
 
 logger = logging.getLogger(__name__)
@@ -100,14 +101,14 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
             proba = F.interpolate(pred[k:k + 1], size=(H, W), mode="bilinear", align_corners=False)
             binary = binariser.binarise({"Pred": proba})["PredMask"][0].numpy()
             name = path.stem
-            np.save(out / f"{name}_proba.npy", pred[k].numpy().astype(np.float32))
+            write_npy(pred[k].numpy().astype(np.float32), out / f"{name}_proba.npy")
             write_mask_png(binary, out / f"{name}_binary.png")
             if frames is not None and start + k < len(frames):
                 base = np.array(Image.open(frames[start + k]).convert("RGB").resize((W, H)))
             else:
                 base = flow_to_rgb(torch.from_numpy(full).permute(2, 0, 1))
             ov = overlay(base, proba[0].numpy(), binary)
-            Image.fromarray(ov).save(out / f"{name}_overlay.png")
+            atomic_write(out / f"{name}_overlay.png", lambda p, im=Image.fromarray(ov): im.save(p, format="PNG"))
             overlays.append(ov)
             bar.update(1)
     bar.close()
@@ -116,7 +117,8 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
         scale = min(1.0, 480 / overlays[0].shape[1])
         size = (int(overlays[0].shape[1] * scale), int(overlays[0].shape[0] * scale))
         imgs = [Image.fromarray(o).resize(size) for o in overlays]
-        imgs[0].save(out / "segmentation.gif", save_all=True, append_images=imgs[1:], duration=80, loop=0)
+        atomic_write(out / "segmentation.gif", lambda p: imgs[0].save(p, format="GIF", save_all=True,
+                                                                     append_images=imgs[1:], duration=80, loop=0))
         result["gif"] = str(out / "segmentation.gif")
     return result
 
