@@ -103,7 +103,7 @@ def write_grouped_bars(sequences: Sequence[str], series: dict[str, np.ndarray], 
     seqs = [str(s) if s != "" else "(root)" for s in sequences]
     n, k = len(seqs), max(len(series), 1)
     x = np.arange(n)
-    fig = Figure(figsize=(max(6.0, 0.12 * k * n + 0.25 * n + 2.0), 4.0))
+    fig = Figure(figsize=(max(6.0, 0.175 * k * n + 2.0), 4.0))
     ax = fig.subplots()
     width = 0.8 / k
     for i, (label, values) in enumerate(series.items()):
