@@ -19,7 +19,6 @@ import argparse
 import logging
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,24 +28,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_common import NETS, announce, env_info, env_markdown, markdown_table, write_results  # noqa: E402
+from bench_common import (  # noqa: E402
+    NETS,
+    announce,
+    env_info,
+    env_markdown,
+    markdown_table,
+    time_calls,
+    write_results,
+)
 
 logger = logging.getLogger("bench_inference")
 
-
-
-def timed(fn, repeats: int, warmup: int, sync) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def bench_net(net: str, device: torch.device, batches: Sequence[int], repeats: int, warmup: int,
@@ -85,7 +78,7 @@ def bench_net(net: str, device: torch.device, batches: Sequence[int], repeats: i
                                                                 enabled=precision == "bf16"):
                         return model.prediction({"Flow": flow})["Pred"]
 
-                times = timed(run, n_rep, n_warm, sync)
+                times = time_calls({"run": run}, n_rep, n_warm, sync)["run"]
                 med = statistics.median(times)
                 per_frame_s.setdefault((precision, channels_last), med / batch)
                 row.update({"repeats": n_rep, "median_ms": 1e3 * med, "min_ms": 1e3 * min(times),
