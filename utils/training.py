@@ -80,8 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, key, value)
     elif args.max_epochs is None:
         args.max_epochs = PAPER_MAX_EPOCHS
-    if getattr(args, "optim.schedule", "constant") == "cosine" and args.max_epochs < 0 \
-            and (getattr(args, "max_steps", None) or -1) < 0:
+    if getattr(args, "optim.schedule") == "cosine" and args.max_epochs < 0 and args.max_steps <= 0:
         parser.error("--optim.schedule cosine decays over the whole run: give a finite --max_epochs "
                      f"(got {args.max_epochs}) or --max_steps")
     return args
