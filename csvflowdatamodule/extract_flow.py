@@ -328,6 +328,8 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     if int(gap) < 1:
         raise ValueError(f"gap must be >= 1, got {gap}")
+    if max_width is not None and int(max_width) < 8:
+        raise ValueError(f"--max_width must be at least 8 pixels, got {max_width}")
     gap = int(gap)
     if not data_file or os.sep in data_file or (os.altsep and os.altsep in data_file):
         raise ValueError(f"data_file must be a plain name (the CSVs go in --out), got {data_file!r}")

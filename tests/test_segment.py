@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,11 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
+import segment as segment_cli
 from csvflowdatamodule.CsvDataset import write_flow
 from Models.CoherenceNets.MethodeB import MethodeB
-from tests.conftest import ROOT, run_cli
-from utils.segmentation import BUNDLED_CKPT, list_flows, load_segmenter, segment_flows
+from tests.conftest import ROOT, read_csv, run_cli
+from utils.segmentation import (
+    BUNDLED_CKPT,
+    FLOW_WIDTH_HPARAM,
+    SegmentOptions,
+    list_flows,
+    load_segmenter,
+    segment_flows,
+    segment_video,
+)
 
+FLO = str(Path(ROOT) / "images" / "00000.flo")
 SMALL = {"unet.num_layers": 3, "unet.features_start": 8, "img_size": [32, 48]}
 
 
@@ -59,22 +70,163 @@ def test_segment_cli_errors_name_the_argument(tmp_path, small_ckpt):
     assert out.returncode != 0 and "--flow" in out.stderr and "nope.flo" in out.stderr
 
 
-def test_segment_video_cli(tmp_path, small_ckpt):
+def write_clip(path, n_frames=4, size=(96, 72), fps=10):
+    """A textured background and a square moving 3 px/frame to the right, as MJPG AVI."""
     rng = np.random.default_rng(0)
-    bg = (rng.random((72, 96, 3)) * 255).astype(np.uint8)
-    bg = cv2.GaussianBlur(bg, (5, 5), 0)
+    W, H = size
+    bg = cv2.GaussianBlur((rng.random((H, W, 3)) * 255).astype(np.uint8), (5, 5), 0)
     square = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
-    video = str(tmp_path / "clip.avi")
-    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 72))
-    for t in range(4):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (W, H))
+    for t in range(n_frames):
         frame = bg.copy()
         frame[20:40, 20 + 3 * t:40 + 3 * t] = square
         writer.write(frame)
     writer.release()
-    run_cli(["segment.py", "--video", video, "--ckpt", small_ckpt, "--out", str(tmp_path / "seg")])
+    return str(path)
+
+
+def test_segment_video_cli(tmp_path, small_ckpt):
+    video = write_clip(tmp_path / "clip.avi")
+    out = run_cli(["segment.py", "--video", video, "--ckpt", small_ckpt, "--out", str(tmp_path / "seg")])
     outs = sorted(p.name for p in (tmp_path / "seg").iterdir())
-    assert "segmentation.gif" in outs and "flow" in outs
-    assert sum(n.endswith("_overlay.png") for n in outs) == 3  # 4 frames → 3 flows
+    assert "segmentation.mp4" in outs and "manifest.json" in outs
+    assert [n for n in outs if n.endswith("_binary.png")] == [f"{t:05d}_binary.png" for t in range(3)]  # 3 flows
+    assert not any(n.endswith(("_overlay.png", "_proba.npy")) for n in outs)  # opt-in for a video
+    assert cv2.imread(str(tmp_path / "seg" / "00000_binary.png"), 0).shape == (72, 96)  # the frame's size
+    cap = cv2.VideoCapture(str(tmp_path / "seg" / "segmentation.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10)
+    manifest = json.loads((tmp_path / "seg" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["decoded_frames"] == 4 and manifest["n_segmented"] == 3
+    assert "frames/s" in out.stdout
+
+
+def test_video_outputs_on_request_and_the_same_masks_with_or_without_them(tmp_path, small_ckpt):
+    video = write_clip(tmp_path / "clip.avi", n_frames=5)
+    model = load_segmenter(small_ckpt, device="cpu")
+    a = segment_video(model, video, tmp_path / "a", SegmentOptions(progress=False, animation=False))
+    b = segment_video(model, video, tmp_path / "b", SegmentOptions(progress=False, overlays=True, save_proba=True,
+                                                                   save_flows=True, batch_size=3))
+    assert a["n_flows"] == b["n_flows"] == 4
+    for t in range(4):
+        ma = cv2.imread(str(tmp_path / "a" / f"{t:05d}_binary.png"), 0)
+        mb = cv2.imread(str(tmp_path / "b" / f"{t:05d}_binary.png"), 0)
+        assert np.array_equal(ma, mb)  # batching and the extra outputs change nothing
+        assert (tmp_path / "b" / f"{t:05d}_overlay.png").is_file()
+        assert np.load(tmp_path / "b" / f"{t:05d}_proba.npy").shape == (2, 32, 48)
+    flows = np.load(tmp_path / "b" / "flows.npz")["flows"]
+    assert flows.shape == (4, 72, 96, 2) and flows.dtype == np.float16
+
+
+def test_video_flow_is_computed_at_the_models_recorded_width(tmp_path, small_ckpt):
+    ckpt = torch.load(small_ckpt, weights_only=True)
+    ckpt["hyper_parameters"][FLOW_WIDTH_HPARAM] = 48
+    torch.save(ckpt, tmp_path / "w48.ckpt")
+    model = load_segmenter(str(tmp_path / "w48.ckpt"), device="cpu")
+    video = write_clip(tmp_path / "clip.avi")
+    segment_video(model, video, tmp_path / "s", SegmentOptions(progress=False, save_flows=True, animation=False))
+    assert np.load(tmp_path / "s" / "flows.npz")["flows"].shape == (3, 36, 48, 2)
+    segment_video(model, video, tmp_path / "o", SegmentOptions(progress=False, save_flows=True, animation=False,
+                                                                max_width=64))
+    assert np.load(tmp_path / "o" / "flows.npz")["flows"].shape == (3, 48, 64, 2)  # --max_width overrides
+    # masks stay at the frame's own size
+    assert cv2.imread(str(tmp_path / "s" / "00000_binary.png"), 0).shape == (72, 96)
+
+
+def test_truncated_video_is_an_error_unless_allowed(tmp_path, small_ckpt):
+    video = tmp_path / "clip.avi"
+    write_clip(video, n_frames=12)
+    data = video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])  # the header still says 12 frames
+    cap = cv2.VideoCapture(str(cut))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    out = run_cli(["segment.py", "--video", str(cut), "--ckpt", small_ckpt, "--out", str(tmp_path / "c")],
+                  expect_ok=False)
+    assert out.returncode != 0 and "of the 12 frames" in out.stderr and "--allow_partial" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["status"] == "partial"
+    run_cli(["segment.py", "--video", str(cut), "--ckpt", small_ckpt, "--out", str(tmp_path / "d"),
+             "--allow_partial"])
+
+
+def segment_main_error(args: list[str], capsys) -> str:
+    """Run segment.py's main in-process; it must exit non-zero with one line (after argparse's usage,
+    for argument errors) and no traceback: return that line."""
+    with pytest.raises(SystemExit) as exc:
+        segment_cli.main(args)
+    code = exc.value.code
+    message = code if isinstance(code, str) else capsys.readouterr().err
+    assert code not in (0, None), message
+    assert "Traceback" not in str(message)
+    lines = str(message).strip().splitlines()
+    assert isinstance(code, str) and len(lines) == 1 or "error:" in lines[-1], message
+    return lines[-1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text"])
+def test_unreadable_videos_give_one_line(tmp_path, small_ckpt, kind, capsys):
+    video = tmp_path / "v.mp4"
+    if kind == "empty":
+        video.write_bytes(b"")
+    elif kind == "text":
+        video.write_text("this is not a video\n" * 100)
+    line = segment_main_error(["--video", str(video), "--ckpt", small_ckpt, "--out", str(tmp_path / "o")], capsys)
+    assert "--video" in line and "v.mp4" in line
+    assert {"missing": "no such file", "empty": "empty", "text": "cannot open"}[kind] in line
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--max_width", "-5"], "--max_width must be >= 1"),
+    (["--max_width", "0"], "--max_width must be >= 1"),
+    (["--min_motion", "-1"], "--min_motion must be >= 0"),
+    (["--adapt", "5"], "--adapt needs --video"),
+])
+def test_segment_bad_arguments_give_one_line(tmp_path, small_ckpt, args, needle, capsys):
+    line = segment_main_error(["--flow", FLO, "--ckpt", small_ckpt, "--out", str(tmp_path / "o"),
+                               *args], capsys)
+    assert needle in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(tmp_path, small_ckpt, capsys):
+    line = segment_main_error(["--flow", FLO, "--ckpt", small_ckpt, "--out", str(tmp_path / "o"),
+                               "--device", "cuda"], capsys)
+    assert "CUDA is not available" in line
+
+
+def test_flows_dir_skips_and_records_a_bad_file(tmp_path, small_ckpt):
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    for t in range(4):
+        write_flow(str(flows / f"{t:05d}.flo"), moving_square_flow(shift=1.0 + t))
+    (flows / "00002.flo").write_bytes(b"PIEH garbage")
+    out = run_cli(["segment.py", "--flows", str(flows), "--ckpt", small_ckpt, "--out", str(tmp_path / "o")])
+    assert "3 flow(s)" in out.stdout and "1 unreadable" in out.stdout
+    skipped = read_csv(tmp_path / "o" / "skipped.csv")
+    assert [Path(r["file"]).name for r in skipped] == ["00002.flo"] and skipped[0]["reason"]
+    assert not (tmp_path / "o" / "00002_binary.png").exists()
+    assert all((tmp_path / "o" / f"{t:05d}_binary.png").exists() for t in (0, 1, 3))
+
+
+def test_flows_dir_refuses_files_that_would_share_outputs(tmp_path):
+    (tmp_path / "00004.flo").write_bytes(b"")
+    np.save(tmp_path / "00004.npy", np.zeros((4, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="00004.flo and 00004.npy would write the same outputs"):
+        list_flows(flows=str(tmp_path))
+
+
+def test_adapt_from_the_command_line_keeps_the_adapted_weights(tmp_path, small_ckpt):
+    video = write_clip(tmp_path / "clip.avi", n_frames=5)
+    run_cli(["segment.py", "--video", video, "--ckpt", small_ckpt, "--out", str(tmp_path / "o"), "--adapt", "3",
+             "--save_adapted", str(tmp_path / "adapted.ckpt"), "--no_animation"])
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["adaptation"]["steps"] == 3 and manifest["adaptation"]["loss_after"] > 0
+    adapted = MethodeB.load_from_checkpoint(str(tmp_path / "adapted.ckpt"))
+    original = MethodeB.load_from_checkpoint(small_ckpt)
+    diff = max(float((a - b).abs().max()) for a, b in zip(adapted.state_dict().values(),
+                                                              original.state_dict().values()) if a.is_floating_point())
+    assert diff > 0
 
 
 @pytest.mark.skipif(not BUNDLED_CKPT.exists(), reason="bundled checkpoint not present")
