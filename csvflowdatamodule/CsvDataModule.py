@@ -117,6 +117,8 @@ class CsvDataModule(pl.LightningDataModule):
     flow_normalisation: none, median, mean, max or znorm (all splits).
     flow_augmentation: none or ``globalmotion*`` / ``globalmotionfullquad*`` (train only,
         val too with ``val_augment``).
+    flow_noise: probability that a training flow gets estimator-like noise blobs
+        (``Transforms.TrFlowNoise``; train only).
     strict_data: a bad file raises instead of being skipped.
     optional_columns: requested columns a CSV may lack (not loaded then): by default GtMask
         and Image, so unlabelled splits train; pass ``()`` to require every requested column.
@@ -127,7 +129,8 @@ class CsvDataModule(pl.LightningDataModule):
                  img_size: Sequence[int] | None = (128, 224), subsample_train: int = 1, shuffle_fit: bool = True,
                  num_workers: int | None = None, flow_normalisation: str = "none",
                  flow_augmentation: str = "none", val_augment: bool = False, strict_data: bool = False,
-                 optional_columns: Iterable[str] = ("GtMask", "Image"), pin_memory: bool = False) -> None:
+                 optional_columns: Iterable[str] = ("GtMask", "Image"), pin_memory: bool = False,
+                 flow_noise: float = 0.0) -> None:
         super().__init__()
         if flow_normalisation not in FLOW_NORMALISATIONS:
             raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, "
@@ -148,6 +151,9 @@ class CsvDataModule(pl.LightningDataModule):
         self.flow_normalisation = flow_normalisation
         self.flow_augmentation = flow_augmentation
         self.val_augment = bool(val_augment)
+        self.flow_noise = float(flow_noise)
+        if not 0.0 <= self.flow_noise <= 1.0:
+            raise ValueError(f"--flow_noise must be a probability in [0, 1], got {flow_noise}")
         self.strict_data = bool(strict_data)
         self.optional_columns = tuple(optional_columns)
         self.pin_memory = bool(pin_memory)
@@ -162,7 +168,8 @@ class CsvDataModule(pl.LightningDataModule):
 
     def transform_for(self, step: str) -> TransformsComposer:
         augment = step == "train" or (step == "val" and self.val_augment)
-        return TransformsComposer(self.flow_normalisation, self.flow_augmentation if augment else "none")
+        return TransformsComposer(self.flow_normalisation, self.flow_augmentation if augment else "none",
+                                  flow_noise=self.flow_noise if step == "train" else 0.0)
 
     def setup_dataset(self, step: str) -> CsvDataset:
         """Build (or rebuild) the dataset of ``step``."""
@@ -236,6 +243,9 @@ class CsvDataModule(pl.LightningDataModule):
         g.add_argument("--flow_normalisation", type=str, default="none", choices=list(FLOW_NORMALISATIONS))
         g.add_argument("--flow_augmentation", type=str, default="none", choices=list(FLOW_AUGMENTATIONS),
                        help="global motion added to training flows (paper: globalmotionfullquadlight)")
+        g.add_argument("--flow_noise", type=float, default=0.0,
+                       help="probability that a training flow gets estimator-like noise blobs, placed in "
+                            "low-texture regions when the split has images (default 0: off)")
         g.add_argument("--num_workers", type=int, default=default_num_workers(),
                        help="DataLoader workers (default: the CPUs available, at most 8)")
         g.add_argument("--strict_data", action="store_true",

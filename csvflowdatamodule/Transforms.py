@@ -1,4 +1,5 @@
-"""Per-sample flow transforms: normalisation and global-motion augmentation (DESIGN.md §2).
+"""Per-sample flow transforms: normalisation, global-motion augmentation (DESIGN.md §2) and
+estimator-like flow noise.
 
 Every transform is callable on an item dict (it replaces ``item['Flow']``) or directly on a flow
 tensor (2, I, J) (a leading batch dimension (B, 2, I, J) is accepted too; each sample then gets
@@ -167,8 +168,85 @@ class TrAugmentFlow:
         return f"TrAugmentFlow({self.name!r})"
 
 
+class TrFlowNoise:
+    """Corrupt a flow (2, I, J) with a flow estimator's typical failure: smooth wrong vectors in a
+    few blobs, placed preferably where the frame has little texture.
+
+    Where a frame is textureless (sky, wall, grass in shade) an estimator such as DIS returns a
+    smooth but arbitrary field, which a network trained on clean synthetic flows takes for an
+    object. With probability ``probability`` per sample, 1–3 elliptic blobs (together 2–15 % of
+    the image) get a smooth random field added: a 4 × 4 normal grid upsampled bicubically, zero
+    mean inside each blob (so it is *not* a coherent motion), of amplitude U(0.5, 2) × (the flow's
+    mean vector norm + 0.5 px). When the item has an ``'Image'`` (3, I, J), blob centres are drawn
+    among the 30 % least textured pixels (image gradient magnitude). The loss then sees the same
+    corrupted flow, and the robust M-step makes leaving such blobs in the background the cheaper
+    explanation.
+    """
+
+    def __init__(self, probability: float = 0.0, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"flow_noise must be a probability in [0, 1], got {probability}")
+        self.probability = float(probability)
+        self.generator = generator
+
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.generator, dtype=torch.float64)
+
+    def noise(self, flow: Tensor, image: Tensor | None = None) -> Tensor:
+        _check_flow(flow)
+        if flow.dim() == 4:
+            return torch.stack([self.noise(f, None if image is None else image[k]) for k, f in enumerate(flow)])
+        if self.probability == 0 or float(self._rand(1)) >= self.probability:
+            return flow
+        I, J = int(flow.shape[-2]), int(flow.shape[-1])
+        ii, jj = torch.meshgrid(torch.arange(I, dtype=torch.float64), torch.arange(J, dtype=torch.float64),
+                                indexing="ij")
+        candidates = None
+        if image is not None and image.shape[-2:] == flow.shape[-2:]:
+            g = image.double().mean(0)
+            grad = (g.diff(dim=0, prepend=g[:1]).abs() + g.diff(dim=1, prepend=g[:, :1]).abs()).flatten()
+            candidates = torch.argsort(grad)[: max(1, int(0.3 * I * J))]
+        n_blobs = 1 + int(self._rand(1) * 3)
+        total = 0.02 + 0.13 * float(self._rand(1))
+        amp_base = float(mean_vector_norm(flow[None].double())[0]) + 0.5
+        out = flow.double().clone()
+        for _ in range(n_blobs):
+            if candidates is not None:
+                c = int(candidates[int(self._rand(1) * len(candidates)) % len(candidates)])
+                ci, cj = c // J, c % J
+            else:
+                ci, cj = float(self._rand(1)) * I, float(self._rand(1)) * J
+            area = total / n_blobs * I * J
+            aspect = 0.5 + float(self._rand(1))
+            a = (area / torch.pi / aspect) ** 0.5
+            b = a * aspect
+            blob = ((ii - ci) / a) ** 2 + ((jj - cj) / b) ** 2 <= 1
+            if not blob.any():
+                continue
+            coarse = torch.randn(1, 2, 4, 4, generator=self.generator, dtype=torch.float64)
+            field = torch.nn.functional.interpolate(coarse, size=(I, J), mode="bicubic", align_corners=True)[0]
+            field = field - field[:, blob].mean(1)[:, None, None]
+            field = field / field[:, blob].abs().mean().clamp_min(_EPS)
+            amp = amp_base * (0.5 + 1.5 * float(self._rand(1)))
+            out[:, blob] += amp * field[:, blob]
+        return out.to(flow.dtype)
+
+    def __call__(self, x: Any) -> Any:
+        if isinstance(x, dict):
+            if "Flow" not in x:
+                return x
+            out = dict(x)
+            out["Flow"] = self.noise(x["Flow"], x.get("Image"))
+            return out
+        return self.noise(x)
+
+    def __repr__(self) -> str:
+        return f"TrFlowNoise({self.probability})"
+
+
 class TransformsComposer:
-    """The dataset's per-sample transform: augmentation (if any), then normalisation (if any).
+    """The dataset's per-sample transform: flow noise (if any), augmentation (if any), then
+    normalisation (if any).
 
     Callable on an item dict (returns a new dict with the transformed ``'Flow'``; other keys are
     kept) or on a flow tensor. The augmentation comes first, so the network always sees a
@@ -176,10 +254,12 @@ class TransformsComposer:
     """
 
     def __init__(self, flow_normalisation: str = "none", flow_augmentation: str = "none",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, flow_noise: float = 0.0) -> None:
         self.normalise = TrNormaliseFlow(flow_normalisation)
         self.augment = TrAugmentFlow(flow_augmentation, generator=generator)
-        self.transforms = [t for t, active in ((self.augment, flow_augmentation != "none"),
+        self.noise = TrFlowNoise(flow_noise, generator=generator)
+        self.transforms = [t for t, active in ((self.noise, flow_noise > 0),
+                                               (self.augment, flow_augmentation != "none"),
                                                (self.normalise, flow_normalisation != "none")) if active]
 
     def __call__(self, x: Any) -> Any:

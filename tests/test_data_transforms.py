@@ -10,6 +10,7 @@ from csvflowdatamodule.Transforms import (
     FLOW_AUGMENTATIONS,
     TransformsComposer,
     TrAugmentFlow,
+    TrFlowNoise,
     TrNormaliseFlow,
 )
 from utils.coherence_math import make_basis, mean_vector_norm
@@ -174,3 +175,39 @@ def test_composer_augments_then_normalises():
     assert abs(float(mean_vector_norm(out[None])[0]) - 1.0) < 1e-5
     aug = TrAugmentFlow("globalmotionfullquadstrong", generator=_gen(2))(flow)
     torch.testing.assert_close(out, TrNormaliseFlow("mean")(aug))
+
+
+# --------------------------------------------------------------------------------------------
+# Estimator-like flow noise
+# --------------------------------------------------------------------------------------------
+def test_flow_noise_changes_only_a_few_blobs_with_zero_mean_fields():
+    flow = torch.zeros(2, 40, 60)
+    flow[0] = 1.0
+    noisy = TrFlowNoise(1.0, generator=_gen(0)).noise(flow)
+    changed = (noisy - flow).abs().sum(0) > 1e-9
+    assert 0.005 < changed.float().mean() < 0.2  # 2–15 % targeted (blobs may overlap or leave the image)
+    d = (noisy - flow)[:, changed]
+    assert d.abs().mean() > 0.3  # amplitude ≥ 0.5 × (mean norm 1 + 0.5 px) on average
+    assert torch.equal(TrFlowNoise(0.0).noise(flow), flow)
+    assert torch.equal(TrFlowNoise(1.0, generator=_gen(0)).noise(flow), noisy)  # seeded
+
+
+def test_flow_noise_lands_on_the_textureless_part_of_the_image():
+    flow = torch.zeros(2, 40, 60)
+    gen = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 40, 60, generator=gen) - 0.5
+    image[:, :, :30] = 0.1  # the left half is flat
+    hits = torch.zeros(40, 60)
+    tr = TrFlowNoise(1.0, generator=_gen(2))
+    for _ in range(10):
+        out = tr({"Flow": flow, "Image": image})
+        hits += (out["Flow"] - flow).abs().sum(0) > 1e-9
+    assert hits[:, :30].sum() > 3 * hits[:, 30:].sum()
+
+
+def test_flow_noise_is_a_train_only_option_of_the_composer():
+    with pytest.raises(ValueError, match="flow_noise must be a probability"):
+        TrFlowNoise(1.5)
+    comp = TransformsComposer(flow_noise=1.0, generator=_gen(0))
+    assert any(isinstance(t, TrFlowNoise) for t in comp.transforms)
+    assert not any(isinstance(t, TrFlowNoise) for t in TransformsComposer().transforms)

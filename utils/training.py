@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "architecture flags must match); unlike --ckpt_path, which resumes a run")
     parser.add_argument("--trust_checkpoint", action="store_true",
                         help="allow --init_ckpt to need arbitrary unpickling (the authors' legacy files)")
+    parser.add_argument("--flow_width", type=int, default=None,
+                        help="width the frames were downscaled to before their flows were computed "
+                             "(extract_flow --max_width); recorded in the checkpoint, so that segment.py --video "
+                             "computes flows at the scale the model was trained on")
     MethodeB.add_specific_args(parser)
     CsvDataModule.add_specific_args(parser)
     add_trainer_args(parser, training=True)
