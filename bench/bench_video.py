@@ -1,0 +1,114 @@
+"""End-to-end ``segment.py --video``: frames/s, peak memory and where the time goes.
+
+    python bench/bench_video.py --video clip1.mp4 clip2.mp4 [--long 2000] [--threads 2] [-- EXTRA SEGMENT ARGS]
+
+Each run is one ``segment.py --video`` subprocess (so its peak RSS is its own, read with
+``os.wait4``); frames/s is the pipeline's own (``manifest.json``: masks written over the wall time
+after the model is loaded), and the per-stage busy seconds come from the same manifest (stages
+run on different threads, so their shares can add up to more than 100 % of the wall time).
+``--long N`` also runs a video of N frames made by looping the first clip (forwards then
+backwards, so it stays continuous), to show that memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, announce, env_markdown, markdown_table, write_results  # noqa: E402
+
+logger = logging.getLogger("bench_video")
+STAGES = ("decode+downscale", "flow", "network", "confidence", "temporal+significance", "binarise", "write")
+
+
+def loop_video(src: str, n_frames: int, dst: Path) -> Path:
+    """``n_frames`` frames of ``src`` played forwards then backwards, repeatedly, as MJPG AVI."""
+    cap = cv2.VideoCapture(src)
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    cap.release()
+    if len(frames) < 2:
+        raise SystemExit(f"bench_video: {src}: fewer than 2 frames decoded")
+    cycle = frames + frames[-2:0:-1]
+    H, W = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"MJPG"), fps, (W, H))
+    for t in range(n_frames):
+        writer.write(cycle[t % len(cycle)])
+    writer.release()
+    return dst
+
+
+def run_one(video: str, out: Path, threads: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, str(ROOT / "segment.py"), "--video", video, "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    stderr = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench_video: {shlex.join(cmd)} failed:\n{stderr[-3000:]}")
+    m = json.loads((out / "manifest.json").read_text())
+    cap = cv2.VideoCapture(video)
+    W, H = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap.release()
+    seg_wall = m["n_segmented"] / m["segment_fps"]
+    row = {"video": Path(video).name, "size": f"{W}x{H}", "frames": m["decoded_frames"],
+           "flow_width": m.get("flow_width"), "fps": m["segment_fps"], "wall_s": round(wall, 1),
+           "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    for s in STAGES:
+        row[s] = round(100 * m.get("stage_seconds", {}).get(s, 0.0) / seg_wall, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in argv:
+        k = argv.index("--")
+        argv, extra = argv[:k], argv[k + 1:]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", nargs="+", required=True)
+    p.add_argument("--long", type=int, default=0, help="also run the first video looped to this many frames")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "video.json"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = list(args.video)
+        if args.long:
+            videos.append(str(loop_video(args.video[0], args.long, Path(tmp) / f"long_{args.long}.avi")))
+        for k, v in enumerate(videos):
+            logger.info("running %s", v)
+            rows.append(run_one(v, Path(tmp) / f"run{k}", args.threads, extra))
+    print(env_markdown())
+    print(f"segment.py extra arguments: `{shlex.join(extra) or '(defaults)'}`, OMP_NUM_THREADS={args.threads}\n")
+    cols = [("video", "video"), ("size", "size"), ("frames", "frames"), ("flow_width", "flow width"),
+            ("fps", "frames/s", ".2f"), ("peak_rss_mib", "peak RSS MiB", ".0f")]
+    cols += [(s, f"{s} %", ".0f") for s in STAGES]
+    print(markdown_table(rows, cols))
+    announce(write_results(args.out, rows, {"extra": extra, "threads": args.threads}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
