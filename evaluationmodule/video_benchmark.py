@@ -73,11 +73,11 @@ ROLE_TEXT = {
 # Backgrounds are disjoint between the splits; the role order of ROLES.
 DEFAULT_BACKGROUNDS = {
     "dev": ["leuvenA.jpg", "graf1.png", "board.jpg", "stuff.jpg", "aero3.jpg", "Blender_Suzanne1.jpg", "left01.jpg"],
-    "test": ["building.jpg", "starry_night.jpg", "aloeL.jpg", "pca_test1.jpg", "aero1.jpg", "ela_original.jpg",
+    "test": ["building.jpg", "starry_night.jpg", "aloeL.jpg", "home.jpg", "aero1.jpg", "ela_original.jpg",
              "licenseplate_motion.jpg"],
 }
 DEFAULT_OBJECTS = {
-    "dev": ["fruits.jpg", "baboon.jpg", "orange.jpg", "HappyFish.jpg", "smarties.png", "home.jpg"],
+    "dev": ["fruits.jpg", "baboon.jpg", "orange.jpg", "HappyFish.jpg", "smarties.png", "box.png"],
     "test": ["messi5.jpg", "apple.jpg", "butterfly.jpg", "chicky_512.png", "squirrel_cls.jpg", "rubberwhale1.png"],
 }
 DEFAULT_SIZES = ((640, 360), (672, 480), (720, 404), (640, 480))
@@ -329,7 +329,7 @@ def _place_camera(camera: CameraPath, photo_hw: tuple[int, int], size: tuple[int
         u = rng.uniform(0.15, 0.85, size=2)
         c = span_lo + u * (span_hi - span_lo)
     else:
-        scaled = cv2.resize(photo, (round(pw * scale), round(ph * scale)), interpolation=cv2.INTER_LINEAR)
+        scaled = _scene(photo, scale)
         tex = _texture_map(cv2.cvtColor(scaled, cv2.COLOR_BGR2GRAY), size)
         ys, xs = np.mgrid[0:tex.shape[0], 0:tex.shape[1]]
         ok = (xs >= span_lo[0]) & (xs <= span_hi[0]) & (ys >= span_lo[1]) & (ys <= span_hi[1])
@@ -338,6 +338,19 @@ def _place_camera(camera: CameraPath, photo_hw: tuple[int, int], size: tuple[int
         c = np.array([ix, iy], float)
     camera.center = (float(c[0]), float(c[1]))
     return scale
+
+
+def _scene(photo: np.ndarray, scale: float) -> np.ndarray:
+    """The photo (border trimmed) resized by ``scale``: the scene the camera films."""
+    return cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
+                      interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+
+
+def _first_frame(photo: np.ndarray, scale: float, camera: CameraPath, size: tuple[int, int],
+                 n_frames: int) -> np.ndarray:
+    cam = camera.matrix(0, size, n_frames)
+    return cv2.warpAffine(_scene(photo, scale), cam[:2], size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def _make_blob(rng: np.random.Generator, texture: str, size: tuple[int, int], tex_hw: tuple[int, int],
@@ -356,8 +369,12 @@ def _make_blob(rng: np.random.Generator, texture: str, size: tuple[int, int], te
 
 
 def _linear_path(rng: np.random.Generator, obj: BlobObject, size: tuple[int, int], n_frames: int,
-                 speed: float, keep: float = 0.75) -> None:
-    """A straight path at ``speed`` px/frame whose ends keep the blob's centre inside the frame's middle."""
+                 speed: float, keep: float = 0.75, texture: np.ndarray | None = None) -> None:
+    """A straight path at ``speed`` px/frame whose ends keep the blob's centre inside the frame's middle.
+
+    With ``texture`` (a texture map (H, W) of the first frame), the path's midpoint is the least
+    textured feasible one, so the object crosses that region (the ``one_lowtex`` role).
+    """
     w, h = size
     ang = rng.uniform(0, 2 * np.pi)
     r = obj.max_radius()
@@ -369,6 +386,11 @@ def _linear_path(rng: np.random.Generator, obj: BlobObject, size: tuple[int, int
     d *= shrink * 0.999
     mid_lo, mid_hi = box_lo + np.abs(d) / 2, box_hi - np.abs(d) / 2
     mid = mid_lo + rng.uniform(0, 1, 2) * (mid_hi - mid_lo)
+    if texture is not None:
+        ys, xs = np.mgrid[0:h, 0:w]
+        ok = (xs >= mid_lo[0]) & (xs <= mid_hi[0]) & (ys >= mid_lo[1]) & (ys <= mid_hi[1])
+        iy, ix = np.unravel_index(int(np.argmin(np.where(ok, texture, np.inf))), texture.shape)
+        mid = np.array([ix, iy], float)
     obj.start = (float(mid[0] - d[0] / 2), float(mid[1] - d[1] / 2))
     obj.velocity = (float(d[0] / (n_frames - 1)), float(d[1] / (n_frames - 1)))
     obj.wobble = tuple(float(x) for x in rng.uniform(-3, 3, 2) * w / 640)
@@ -442,8 +464,13 @@ def plan_split(split: str, textures: Path, seed: int, n_frames: int = 48,
             tex = _read_image(textures / tname)
             frac = (0.04, 0.10) if n_obj == 2 else (0.03, 0.15)
             objs.append(_make_blob(rng, tname, size, tex.shape[:2], frac))
-        if role in ("one_textured", "one_lowtex"):
+        if role == "one_textured":
             _linear_path(rng, objs[0], size, n_frames, rng.uniform(1.5, 3.5) * px)
+        elif role == "one_lowtex":
+            first = _first_frame(bg, scale, cam, size, n_frames)
+            diam = int(2 * objs[0].max_radius())
+            tex_map = _texture_map(cv2.cvtColor(first, cv2.COLOR_BGR2GRAY), (diam, diam))
+            _linear_path(rng, objs[0], size, n_frames, rng.uniform(1.0, 2.0) * px, texture=tex_map)
         elif role == "slow_object":
             _linear_path(rng, objs[0], size, n_frames, rng.uniform(0.3, 0.6) * px)
         elif role == "zoom_rotate":
@@ -476,8 +503,7 @@ def render_sequence(spec: SequenceSpec, textures: Path):
     """Yield (frame (H, W, 3) uint8 BGR, mask (H, W) bool) for t = 0 … N − 1."""
     w, h = spec.size
     bg = trim_border(_read_image(textures / spec.background))
-    scene = cv2.resize(bg, (round(bg.shape[1] * spec.photo_scale), round(bg.shape[0] * spec.photo_scale)),
-                       interpolation=cv2.INTER_LINEAR if spec.photo_scale > 1 else cv2.INTER_AREA)
+    scene = _scene(bg, spec.photo_scale)
     texs = [_read_image(textures / o.texture).astype(np.float32) for o in spec.objects]
     rng = np.random.default_rng(spec.seed)
     for t in range(spec.n_frames):
