@@ -661,7 +661,38 @@ def make_benchmark(out: str | os.PathLike, textures: str | os.PathLike = DEFAULT
                 logger.info("%s/%s: already complete, kept", split, spec.name)
             manifest["sequences"][split].append({"name": spec.name, "path": f"{split}/{spec.name}", **info})
     write_json(manifest, mpath)
+    atomic_write_text(out / "SEQUENCES.md", sequences_table(manifest))
     return manifest
+
+
+def sequences_table(manifest: dict) -> str:
+    """Markdown table of the benchmark's sequences (what ``make`` writes as ``SEQUENCES.md``)."""
+    lines = ["| split | sequence | size | background | objects (texture: area % of the frame, speed px/frame) "
+             "| camera (speed px/frame, sway, zoom, rotation) | GT fg % |", "|---|---|---|---|---|---|---|"]
+    for split, seqs in manifest.get("sequences", {}).items():
+        for s in seqs:
+            w, h = s["size"]
+            objs = []
+            for o, speed in zip(s["objects"], s["object_speeds_px_per_frame"]):
+                extra = ([f"spin {o['spin_deg']:+.1f}°/frame"] if o["spin_deg"] else []) + \
+                    ([f"scale ±{100 * o['scale_wave']:.0f} %"] if o["scale_wave"] else [])
+                area = BlobObject(**{**o, "start": tuple(o["start"])}).area() / (w * h)
+                objs.append(f"{o['texture']}: {100 * area:.0f} %, {speed:.1f}"
+                            + (f" ({', '.join(extra)})" if extra else ""))
+            c = s["camera"]
+            v, sway = math.hypot(*c["velocity"]), max(abs(x) for x in c["sway"])
+            cam = [f"{v:.1f}"] + ([f"sway {sway:.0f} px"] if sway else [])
+            if c["zoom_ramp"]:
+                cam.append(f"zoom {'in' if c['zoom_ramp'] < 0 else 'out'} {100 * abs(c['zoom_ramp']):.0f} %")
+            if c["zoom_wave"]:
+                cam.append(f"zoom ±{100 * c['zoom_wave']:.0f} %")
+            if c["rot_amp_deg"]:
+                cam.append(f"rotation ±{c['rot_amp_deg']:.1f}°")
+            if not v and not sway:
+                cam = ["static"]
+            lines.append(f"| {split} | {s['name']} | {w}×{h} | {s['background']} | {'; '.join(objs) or '—'} "
+                         f"| {', '.join(cam)} | {100 * s['gt_fg_fraction_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -788,11 +819,12 @@ def _git_commit() -> str | None:
 
 def run_benchmark(bench: str | os.PathLike, split: str, out: str | os.PathLike, segment_args: Sequence[str] = (),
                   label: str | None = None, rerun: bool = False, score_only: bool = False,
-                  bound_th: float = 0.008) -> BenchScores:
+                  bound_th: float = 0.008, script: str = "segment.py") -> BenchScores:
     """Run ``segment.py --video`` on each sequence of the split (end to end, timed), then score the run.
 
-    A sequence whose ``{out}/{sequence}/run.json`` records the same command and a success is not
-    run again (resumable) unless ``rerun``. ``score_only`` scores what is there without running.
+    ``script`` (run as ``python SCRIPT`` from the repository's root) stands for ``segment.py``. A
+    sequence whose ``{out}/{sequence}/run.json`` records the same command and a success is not run
+    again (resumable) unless ``rerun``. ``score_only`` scores what is there without running.
     """
     bench, out = Path(bench).resolve(), Path(out).resolve()
     manifest = load_manifest(bench)
@@ -802,7 +834,7 @@ def run_benchmark(bench: str | os.PathLike, split: str, out: str | os.PathLike, 
         name = s["name"]
         seq_out = out / name
         video = bench / s["path"] / s.get("video", "video.mp4")
-        cmd = [sys.executable, "segment.py", "--video", str(video), "--out", str(seq_out), *segment_args]
+        cmd = [sys.executable, str(script), "--video", str(video), "--out", str(seq_out), *segment_args]
         rec_path = seq_out / "run.json"
         rec = None
         if rec_path.is_file():
@@ -829,8 +861,8 @@ def run_benchmark(bench: str | os.PathLike, split: str, out: str | os.PathLike, 
         atomic_write_text(seq_out / "segment.log", proc.stdout + proc.stderr)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise BenchmarkError(f"{name}: segment.py failed (exit {proc.returncode}; log {seq_out / 'segment.log'}):"
-                                 f" {tail[0]}")
+            raise BenchmarkError(f"{name}: {Path(script).name} failed (exit {proc.returncode}; "
+                                 f"log {seq_out / 'segment.log'}): {tail[0]}")
         n_masks = len(list(seq_out.glob("*_binary.png")))
         rec = {"command": cmd[1:], "returncode": 0, "seconds": seconds, "n_masks": n_masks}
         write_json(rec, rec_path)

@@ -66,6 +66,9 @@ def test_same_seed_same_masks_other_seed_differs(tmp_path, textures):
     assert a != c
     man = json.loads((tmp_path / "a" / vb.MANIFEST).read_text())
     assert [s["name"] for s in man["sequences"]["dev"]] == list(ROLES3)
+    table = (tmp_path / "a" / "SEQUENCES.md").read_text()
+    assert all(f"| dev | {r} | 96×64 |" in table for r in ROLES3)
+    assert table.count("obj") >= 3  # one_textured's object, two_crossing's two
     for s in man["sequences"]["dev"]:
         folder = tmp_path / "a" / s["path"]
         cap = cv2.VideoCapture(str(folder / s["video"]))
@@ -295,3 +298,34 @@ def test_score_only_and_compare(tmp_path, bench, capsys):
     shutil.rmtree(b / "static_empty")
     with pytest.raises(SystemExit, match="expected mask missing"):
         vb.main(["score", "--bench", str(bench), "--split", "dev", "--out", str(b), "--score_only"])
+
+
+FAKE_SEGMENT = '''
+import argparse, shutil, sys
+from pathlib import Path
+p = argparse.ArgumentParser()
+p.add_argument("--video"); p.add_argument("--out"); p.add_argument("--fail", action="store_true")
+a = p.parse_args()
+if a.fail:
+    sys.exit("fake segment: asked to fail")
+masks = sorted((Path(a.video).parent / "masks").glob("*.png"))[:-1]  # like segment.py: N - 1 flows
+out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+for m in masks:
+    shutil.copy(m, out / (m.stem + "_binary.png"))
+'''
+
+
+def test_run_benchmark_runs_times_resumes_and_reports_failures(tmp_path, bench, caplog):
+    script = tmp_path / "fake_segment.py"
+    script.write_text(FAKE_SEGMENT)
+    run = tmp_path / "runs" / "fake"
+    res = vb.run_benchmark(bench, "dev", run, script=str(script), label="fake")
+    assert res.summary["J_mean"] == 1.0 and res.summary["label"] == "fake"
+    assert (res.per_sequence["fps"] > 0).all() and res.summary["fps"] > 0
+    rec = json.loads((run / "one_textured" / "run.json").read_text())
+    assert rec["n_masks"] == N - 1 and rec["returncode"] == 0
+    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+        vb.run_benchmark(bench, "dev", run, script=str(script))
+    assert caplog.text.count("already done with this command") == 2
+    with pytest.raises(vb.BenchmarkError, match=r"static_empty: fake_segment.py failed \(exit 1.*asked to fail"):
+        vb.run_benchmark(bench, "dev", run, ["--fail"], script=str(script))
