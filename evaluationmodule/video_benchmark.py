@@ -104,7 +104,7 @@ class CameraPath:
     """Frame → scene map per frame: scene = centre + drift(t) + R(θ(t)) · zoom(t) · (x − frame centre).
 
     Units: scene pixels (the background photo after its resize by ``photo_scale``). ``drift(t) =
-    velocity · t + sway · sin(2π t / period + phase)``; ``zoom(t) = 1 + zoom_ramp · t / (N − 1) +
+    velocity · t + sway ⊙ (sin, cos)(2π t / period + phase)`` (an elliptic sway); ``zoom(t) = 1 + zoom_ramp · t / (N − 1) +
     zoom_wave · sin(2π t / period + phase)`` (scene pixels per frame pixel); ``θ(t) = rot_amp ·
     sin(2π t / period + phase)`` in degrees.
     """
