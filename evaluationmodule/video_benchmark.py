@@ -104,9 +104,9 @@ class CameraPath:
     """Frame → scene map per frame: scene = centre + drift(t) + R(θ(t)) · zoom(t) · (x − frame centre).
 
     Units: scene pixels (the background photo after its resize by ``photo_scale``). ``drift(t) =
-    velocity · t + sway ⊙ (sin, cos)(2π t / period + phase)`` (an elliptic sway); ``zoom(t) = 1 + zoom_ramp · t / (N − 1) +
-    zoom_wave · sin(2π t / period + phase)`` (scene pixels per frame pixel); ``θ(t) = rot_amp ·
-    sin(2π t / period + phase)`` in degrees.
+    velocity · t + sway ⊙ (sin, cos)(2π t / period + phase)`` (an elliptic sway); ``zoom(t) = 1 +
+    zoom_ramp · t / (N − 1) + zoom_wave · sin(2π t / period + phase)`` (scene pixels per frame pixel);
+    ``θ(t) = rot_amp · sin(2π t / period + phase)`` in degrees.
     """
 
     center: tuple[float, float] = (0.0, 0.0)
@@ -869,7 +869,11 @@ def run_benchmark(bench: str | os.PathLike, split: str, out: str | os.PathLike, 
         timings[name] = rec
         logger.info("[%d/%d] %s: %d masks in %.1f s (%.2f frames/s)", i + 1, len(seqs), name, n_masks, seconds,
                     n_masks / seconds)
-    extra = {"segment_args": list(segment_args), "git_commit": _git_commit()}
+    args = list(segment_args)
+    if score_only:  # the arguments the masks were made with, as their runs recorded them
+        recorded = {tuple(r["command"][5:]) for r in timings.values() if "command" in r}
+        args = list(recorded.pop()) if len(recorded) == 1 else (["<mixed>"] if recorded else ["<unknown>"])
+    extra = {"segment_args": args, "git_commit": _git_commit()}
     return score_run(bench, split, out, timings, label=label, bound_th=bound_th, extra=extra)
 
 
@@ -886,6 +890,9 @@ def format_table(per_seq: pd.DataFrame, summary: dict) -> str:
     fps = _fmt(summary.get("fps"))
     lines.append(f"{'mean':<14} {summary['J_mean']:6.3f} {summary['F_mean']:6.3f} {summary['JF']:6.3f} "
                  f"{'':>8} {'':>6} {fps}")
+    if summary.get("J_mean_objects") is not None and summary.get("J_mean_empty") is not None:
+        lines.append(f"J over sequences with objects {summary['J_mean_objects']:.3f}; without: J "
+                     f"{summary['J_mean_empty']:.3f}, predicted foreground {100 * summary['pred_fg_mean_empty']:.1f} %")
     return "\n".join(lines)
 
 

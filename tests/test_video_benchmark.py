@@ -305,6 +305,7 @@ import argparse, shutil, sys
 from pathlib import Path
 p = argparse.ArgumentParser()
 p.add_argument("--video"); p.add_argument("--out"); p.add_argument("--fail", action="store_true")
+p.add_argument("--tag")
 a = p.parse_args()
 if a.fail:
     sys.exit("fake segment: asked to fail")
@@ -327,5 +328,10 @@ def test_run_benchmark_runs_times_resumes_and_reports_failures(tmp_path, bench, 
     with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
         vb.run_benchmark(bench, "dev", run, script=str(script))
     assert caplog.text.count("already done with this command") == 2
+    caplog.clear()
+    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+        vb.run_benchmark(bench, "dev", run, ["--tag", "x"], script=str(script))  # another command: run again
+    assert "already done" not in caplog.text
+    assert vb.run_benchmark(bench, "dev", run, score_only=True).summary["segment_args"] == ["--tag", "x"]
     with pytest.raises(vb.BenchmarkError, match=r"static_empty: fake_segment.py failed \(exit 1.*asked to fail"):
         vb.run_benchmark(bench, "dev", run, ["--fail"], script=str(script))
