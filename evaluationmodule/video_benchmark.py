@@ -905,7 +905,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], plot: str | os.PathLike 
             raise BenchmarkError(f"{d}: not a scored run (no per_sequence.csv / summary.json)")
         runs.append((json.loads(sm.read_text()).get("label") or d.name, pd.read_csv(ps), json.loads(sm.read_text())))
     seqs = list(dict.fromkeys(s for _, df, _ in runs for s in df["sequence"]))
-    width = max(10, *(len(lb) for lb, _, _ in runs))
+    width = max(13, *(len(lb) for lb, _, _ in runs))  # a cell reads "0.000 / 0.000"
     head = f"{'sequence':<14}" + "".join(f" {lb[:width]:>{width}}" for lb, _, _ in runs)
     sub = f"{'':<14}" + "".join(f" {'J / F':>{width}}" for _ in runs)
     lines = [head, sub]
