@@ -1,0 +1,337 @@
+"""The composited video benchmark: exact ground truth, determinism, bounded camera, and the scorer.
+
+Textures are made here (no opencv-doc needed); frames are tiny (96 × 64, 6 frames).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluationmodule import video_benchmark as vb
+
+SIZE = (96, 64)
+N = 6
+ROLES3 = ("static_empty", "one_textured", "two_crossing")
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory):
+    """Seven backgrounds per split and three object textures: noise, stripes, a black-framed photo."""
+    d = tmp_path_factory.mktemp("textures")
+    rng = np.random.default_rng(0)
+    names = {"dev": [], "test": []}
+    for split in names:
+        for i in range(7):
+            h, w = (50, 70) if i % 2 else (140, 180)  # small ones force an upscale
+            yy, xx = np.mgrid[0:h, 0:w]
+            img = np.stack([(xx * (3 + i)) % 256, (yy * 5) % 256, rng.integers(0, 256, (h, w))], -1)
+            img = cv2.GaussianBlur(img.astype(np.uint8), (3, 3), 0)
+            if i == 0:  # a painted frame the generator must crop away
+                img[:4], img[-4:], img[:, :4], img[:, -4:] = 0, 0, 0, 0
+            name = f"bg_{split}_{i}.png"
+            cv2.imwrite(str(d / name), img)
+            names[split].append(name)
+    objs = []
+    for i in range(3):
+        img = rng.integers(0, 256, (60 + 10 * i, 80, 3)).astype(np.uint8)
+        cv2.imwrite(str(d / f"obj{i}.png"), img)
+        objs.append(f"obj{i}.png")
+    return d, names, {"dev": objs, "test": objs}
+
+
+def make(out, textures, seed=0, roles=ROLES3, splits=("dev",), **kw):
+    d, bgs, objs = textures
+    return vb.make_benchmark(out, d, seed=seed, n_frames=N, sizes=[SIZE], backgrounds=bgs, objects=objs,
+                             roles=roles, splits=splits, **kw)
+
+
+def mask_bytes(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("masks/*.png"))}
+
+
+def test_same_seed_same_masks_other_seed_differs(tmp_path, textures):
+    make(tmp_path / "a", textures, seed=3)
+    make(tmp_path / "b", textures, seed=3)
+    make(tmp_path / "c", textures, seed=4)
+    a, b, c = (mask_bytes(tmp_path / k) for k in "abc")
+    assert len(a) == len(ROLES3) * N
+    assert a == b
+    assert a != c
+    man = json.loads((tmp_path / "a" / vb.MANIFEST).read_text())
+    assert [s["name"] for s in man["sequences"]["dev"]] == list(ROLES3)
+    table = (tmp_path / "a" / "SEQUENCES.md").read_text()
+    assert all(f"| dev | {r} | 96×64 |" in table for r in ROLES3)
+    assert table.count("obj") >= 3  # one_textured's object, two_crossing's two
+    for s in man["sequences"]["dev"]:
+        folder = tmp_path / "a" / s["path"]
+        cap = cv2.VideoCapture(str(folder / s["video"]))
+        frames = 0
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            assert f.shape == (SIZE[1], SIZE[0], 3)
+            frames += 1
+        assert frames == N
+
+
+def test_rerun_keeps_and_other_settings_refused(tmp_path, textures, caplog):
+    make(tmp_path / "a", textures, seed=1)
+    before = mask_bytes(tmp_path / "a")
+    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+        make(tmp_path / "a", textures, seed=1)
+    assert "already complete" in caplog.text
+    assert mask_bytes(tmp_path / "a") == before
+    with pytest.raises(vb.BenchmarkError, match="other settings"):
+        make(tmp_path / "a", textures, seed=2)
+    make(tmp_path / "a", textures, seed=2, overwrite=True)
+    assert mask_bytes(tmp_path / "a") != before
+
+
+def test_missing_textures_say_how_to_install(tmp_path):
+    with pytest.raises(SystemExit, match="apt-get install opencv-doc"):
+        vb.main(["make", "--out", str(tmp_path / "o"), "--textures", str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="apt-get install opencv-doc"):
+        vb.main(["make", "--out", str(tmp_path / "o"), "--textures", str(tmp_path / "empty")])
+
+
+def _ellipse_spec(textures, camera_velocity):
+    d, bgs, objs = textures
+    cam = vb.CameraPath(center=(90.0, 70.0), velocity=camera_velocity)
+    obj = vb.BlobObject(texture=objs["dev"][0], a=14.0, b=8.0, start=(40.0, 30.0), velocity=(1.0, 0.5),
+                        angle0_deg=30.0, texture_scale=1.5)
+    return vb.SequenceSpec(name="ell", split="dev", role="one_textured", description="", size=SIZE, n_frames=N,
+                           background=bgs["dev"][1], photo_scale=3.0, camera=cam, objects=[obj], seed=5)
+
+
+@pytest.mark.parametrize("camera_velocity", [(0.0, 0.0), (2.0, -1.0)])
+def test_mask_is_the_analytic_ellipse(textures, camera_velocity):
+    spec = _ellipse_spec(textures, camera_velocity)
+    spec.noise_sigma = 0.0
+    a, b, th = 14.0, 8.0, math.radians(30.0)
+    yy, xx = np.mgrid[0:SIZE[1], 0:SIZE[0]].astype(float)
+    tex = cv2.imread(str(textures[0] / spec.objects[0].texture)).astype(np.float32)
+    photo = vb.trim_border(cv2.imread(str(textures[0] / spec.background)))
+    scene = cv2.resize(photo, (round(photo.shape[1] * 3), round(photo.shape[0] * 3)),
+                       interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    for t, (frame, mask) in enumerate(vb.render_sequence(spec, textures[0])):
+        # a pure camera translation moves the object's image by minus the camera's displacement
+        cx = 40.0 + 1.0 * t - camera_velocity[0] * t
+        cy = 30.0 + 0.5 * t - camera_velocity[1] * t
+        u = math.cos(th) * (xx - cx) + math.sin(th) * (yy - cy)
+        v = -math.sin(th) * (xx - cx) + math.cos(th) * (yy - cy)
+        q = (u / a) ** 2 + (v / b) ** 2
+        ambiguous = np.abs(q - 1) < 1e-9
+        assert not ambiguous.any()
+        np.testing.assert_array_equal(mask, q < 1, err_msg=f"frame {t}")
+        assert frame.shape == (SIZE[1], SIZE[0], 3) and frame.dtype == np.uint8
+        assert 0.03 < mask.mean() < 0.2
+        # inside, the object's texture moves with it (texture centre at the object's centre, 1.5 px per unit)
+        tx = ((tex.shape[1] - 1) / 2 + 1.5 * u).astype(np.float32)
+        ty = ((tex.shape[0] - 1) / 2 + 1.5 * v).astype(np.float32)
+        want = cv2.remap(tex, tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        inside = q < 0.7
+        assert np.abs(frame[inside].astype(float) - want[inside]).max() <= 1.0
+        # outside, the background is the photo seen through the translated camera window
+        sx = (xx - (SIZE[0] - 1) / 2 + 90.0 + camera_velocity[0] * t).astype(np.float32)
+        sy = (yy - (SIZE[1] - 1) / 2 + 70.0 + camera_velocity[1] * t).astype(np.float32)
+        bg = cv2.remap(scene, sx, sy, cv2.INTER_LINEAR)
+        outside = q > 1.5
+        assert np.abs(frame[outside].astype(float) - bg[outside]).max() <= 1.0
+
+
+def test_first_object_is_in_front(tmp_path, textures):
+    d = tmp_path / "tex"
+    shutil.copytree(textures[0], d)
+    cv2.imwrite(str(d / "red.png"), np.full((40, 40, 3), (0, 0, 255), np.uint8))
+    cv2.imwrite(str(d / "blue.png"), np.full((40, 40, 3), (255, 0, 0), np.uint8))
+    spec = _ellipse_spec(textures, (0.0, 0.0))
+    spec.noise_sigma = 0.0
+    front = vb.BlobObject(texture="red.png", a=10.0, b=10.0, start=(48.0, 32.0), texture_scale=1.0)
+    back = vb.BlobObject(texture="blue.png", a=10.0, b=10.0, start=(56.0, 32.0), texture_scale=1.0)
+    spec.objects = [front, back]
+    frame, mask = next(vb.render_sequence(spec, d))
+    assert tuple(frame[32, 52]) == (0, 0, 255)  # in both discs: the first object's colour
+    assert tuple(frame[32, 64]) == (255, 0, 0)  # only in the second
+    yy, xx = np.mgrid[0:SIZE[1], 0:SIZE[0]]
+    union = ((xx - 48) ** 2 + (yy - 32) ** 2 < 100) | ((xx - 56) ** 2 + (yy - 32) ** 2 < 100)
+    np.testing.assert_array_equal(mask, union)
+
+
+def test_no_object_sequences_have_empty_masks(tmp_path, textures):
+    man = make(tmp_path / "b", textures, roles=("static_empty", "pan_empty"))
+    for s in man["sequences"]["dev"]:
+        masks = sorted((tmp_path / "b" / s["path"] / "masks").glob("*.png"))
+        assert len(masks) == N
+        for p in masks:
+            assert not np.asarray(Image.open(p)).any()
+        assert s["gt_fg_fraction_mean"] == 0.0
+
+
+def test_camera_window_stays_inside_the_photo(textures):
+    d, bgs, objs = textures
+    for seed in range(3):
+        for split in ("dev", "test"):
+            specs = vb.plan_split(split, d, seed, n_frames=24, backgrounds=bgs[split], objects=objs[split],
+                                  sizes=[SIZE, (120, 72)])
+            assert [s.role for s in specs] == list(vb.ROLES)
+            for spec in specs:
+                photo = vb.trim_border(cv2.imread(str(d / spec.background)))
+                ph, pw = round(photo.shape[0] * spec.photo_scale), round(photo.shape[1] * spec.photo_scale)
+                for t in range(spec.n_frames):
+                    c = vb.window_corners(spec.camera, t, spec.size, spec.n_frames)
+                    assert (c >= 0).all() and (c[:, 0] <= pw - 1).all() and (c[:, 1] <= ph - 1).all(), \
+                        (spec.role, t, c, (pw, ph))
+    moving = [s for s in specs if s.role == "pan_empty"][0]
+    c0 = vb.window_corners(moving.camera, 0, moving.size, moving.n_frames)
+    c1 = vb.window_corners(moving.camera, moving.n_frames - 1, moving.size, moving.n_frames)
+    assert np.abs(c1 - c0).max() > 5  # the camera does move
+
+
+def test_painted_border_is_cropped(textures):
+    d, bgs, _ = textures
+    img = cv2.imread(str(d / bgs["dev"][0]))
+    out = vb.trim_border(img)
+    assert out.shape[0] <= img.shape[0] - 8 and out.shape[1] <= img.shape[1] - 8
+    for edge in (out[0], out[-1], out[:, 0], out[:, -1]):  # no uniform painted line left
+        assert np.ptp(cv2.cvtColor(edge[None], cv2.COLOR_BGR2GRAY)) >= 12
+
+
+# ------------------------------------------------------------------------------------------ scorer
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, textures):
+    out = tmp_path_factory.mktemp("bench")
+    make(out, textures, roles=("static_empty", "one_textured"))
+    return out
+
+
+def _gt(bench, seq, t):
+    return np.asarray(Image.open(bench / "dev" / seq / "masks" / f"{t:05d}.png")) > 0
+
+
+def _write_pred(run, seq, t, mask):
+    (run / seq).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(run / seq / f"{t:05d}_binary.png")
+
+
+def _perfect_run(bench, run, last=False):
+    for seq in ("static_empty", "one_textured"):
+        for t in range(N if last else N - 1):
+            _write_pred(run, seq, t, _gt(bench, seq, t))
+
+
+def test_perfect_masks_score_one(tmp_path, bench):
+    run = tmp_path / "run"
+    _perfect_run(bench, run)
+    res = vb.score_run(bench, "dev", run)
+    assert len(res.per_frame) == 2 * (N - 1)  # frame N − 1 absent: allowed
+    assert (res.per_frame["J"] == 1).all() and (res.per_frame["F"] == 1).all()
+    assert res.summary["J_mean"] == 1.0 and res.summary["F_mean"] == 1.0
+    for name in ("per_frame.csv", "per_sequence.csv", "summary.json"):
+        assert (run / name).is_file()
+    _write_pred(run, "one_textured", N - 1, _gt(bench, "one_textured", N - 1))
+    assert len(vb.score_run(bench, "dev", run, write=False).per_frame) == 2 * (N - 1) + 1
+
+
+def test_known_wrong_masks_give_hand_computed_j(tmp_path, bench):
+    run = tmp_path / "run"
+    _perfect_run(bench, run)
+    gt0 = _gt(bench, "one_textured", 0)
+    _write_pred(run, "one_textured", 0, np.ones_like(gt0))  # everything foreground: J = |gt| / (W H)
+    gt1 = _gt(bench, "one_textured", 1)
+    _write_pred(run, "one_textured", 1, np.zeros_like(gt1))  # nothing: J = 0, F = 0
+    one_px = np.zeros_like(gt1)
+    one_px[3, 3] = True
+    _write_pred(run, "static_empty", 2, one_px)  # a false positive on an empty ground truth: 0
+    res = vb.score_run(bench, "dev", run)
+    pf = res.per_frame.set_index(["sequence", "frame"])
+    assert pf.loc[("one_textured", 0), "J"] == pytest.approx(gt0.sum() / gt0.size)
+    assert pf.loc[("one_textured", 1), "J"] == 0.0 and pf.loc[("one_textured", 1), "F"] == 0.0
+    assert pf.loc[("static_empty", 2), "J"] == 0.0
+    ps = res.per_sequence.set_index("sequence")
+    expected = (gt0.sum() / gt0.size + 0 + 1 * (N - 3)) / (N - 1)
+    assert ps.loc["one_textured", "J_mean"] == pytest.approx(expected)
+    assert ps.loc["static_empty", "J_mean"] == pytest.approx((N - 2) / (N - 1))
+    assert res.summary["J_mean"] == pytest.approx((expected + (N - 2) / (N - 1)) / 2)
+    assert res.summary["J_mean_empty"] == pytest.approx((N - 2) / (N - 1))
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["J_mean"] == pytest.approx(res.summary["J_mean"])
+
+
+def test_missing_or_wrong_size_mask_is_an_error(tmp_path, bench):
+    run = tmp_path / "run"
+    _perfect_run(bench, run)
+    (run / "one_textured" / "00002_binary.png").unlink()
+    with pytest.raises(vb.BenchmarkError, match=r"one_textured/00002_binary\.png: expected mask missing"):
+        vb.score_run(bench, "dev", run)
+    _write_pred(run, "one_textured", 2, np.zeros((10, 10), bool))
+    with pytest.raises(vb.BenchmarkError, match=r"00002_binary\.png: predicted mask is 10x10"):
+        vb.score_run(bench, "dev", run)
+    assert not (run / "summary.json").exists()
+
+
+def test_score_only_and_compare(tmp_path, bench, capsys):
+    a, b = tmp_path / "A", tmp_path / "B"
+    _perfect_run(bench, a)
+    _perfect_run(bench, b)
+    for t in range(N - 1):
+        _write_pred(b, "one_textured", t, np.zeros((SIZE[1], SIZE[0]), bool))
+    assert vb.main(["score", "--bench", str(bench), "--split", "dev", "--out", str(a), "--score_only",
+                    "--label", "perfect"]) == 0
+    assert vb.main(["score", "--bench", str(bench), "--split", "dev", "--out", str(b), "--score_only"]) == 0
+    capsys.readouterr()
+    plot = tmp_path / "cmp.png"
+    assert vb.main(["compare", str(a), str(b), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "perfect" in text and "B" in text
+    row = [ln for ln in text.splitlines() if ln.startswith("one_textured")][0]
+    assert "1.000 / 1.000" in row and "0.000 / 0.000" in row
+    assert plot.is_file() and plot.stat().st_size > 1000
+    shutil.rmtree(b / "static_empty")
+    with pytest.raises(SystemExit, match="expected mask missing"):
+        vb.main(["score", "--bench", str(bench), "--split", "dev", "--out", str(b), "--score_only"])
+
+
+FAKE_SEGMENT = '''
+import argparse, shutil, sys
+from pathlib import Path
+p = argparse.ArgumentParser()
+p.add_argument("--video"); p.add_argument("--out"); p.add_argument("--fail", action="store_true")
+p.add_argument("--tag")
+a = p.parse_args()
+if a.fail:
+    sys.exit("fake segment: asked to fail")
+masks = sorted((Path(a.video).parent / "masks").glob("*.png"))[:-1]  # like segment.py: N - 1 flows
+out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+for m in masks:
+    shutil.copy(m, out / (m.stem + "_binary.png"))
+'''
+
+
+def test_run_benchmark_runs_times_resumes_and_reports_failures(tmp_path, bench, caplog):
+    script = tmp_path / "fake_segment.py"
+    script.write_text(FAKE_SEGMENT)
+    run = tmp_path / "runs" / "fake"
+    res = vb.run_benchmark(bench, "dev", run, script=str(script), label="fake")
+    assert res.summary["J_mean"] == 1.0 and res.summary["label"] == "fake"
+    assert (res.per_sequence["fps"] > 0).all() and res.summary["fps"] > 0
+    rec = json.loads((run / "one_textured" / "run.json").read_text())
+    assert rec["n_masks"] == N - 1 and rec["returncode"] == 0
+    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+        vb.run_benchmark(bench, "dev", run, script=str(script))
+    assert caplog.text.count("already done with this command") == 2
+    caplog.clear()
+    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+        vb.run_benchmark(bench, "dev", run, ["--tag", "x"], script=str(script))  # another command: run again
+    assert "already done" not in caplog.text
+    assert vb.run_benchmark(bench, "dev", run, score_only=True).summary["segment_args"] == ["--tag", "x"]
+    with pytest.raises(vb.BenchmarkError, match=r"static_empty: fake_segment.py failed \(exit 1.*asked to fail"):
+        vb.run_benchmark(bench, "dev", run, ["--fail"], script=str(script))
