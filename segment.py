@@ -5,6 +5,7 @@
     python segment.py --video my_clip.mp4 --out out/my_clip           # computes the flow first (OpenCV DIS)
     python segment.py --flow x.flo --ckpt runs/exp1/last.ckpt --out out/x
     python segment.py --flow x.flo --ckpt ClassicalEM --out out/x_em  # the EM baseline
+    emseg-segment --flow x.flo --out out/x                            # once installed (pip install -e .)
 
 Writes per frame: *_proba.npy, *_binary.png, *_overlay.png, and segmentation.gif. Logic: utils/segmentation.py.
 """

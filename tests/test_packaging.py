@@ -138,3 +138,13 @@ def test_release_files_name_one_version():
     lic = (root / "LICENSE").read_text()
     assert lic.lstrip().startswith("GNU AFFERO GENERAL PUBLIC LICENSE") and "Version 3, 19 November 2007" in lic
     assert pyproject()["project"]["license"] == {"file": "LICENSE"}
+
+
+def test_readme_bibtex_matches_citation_cff():
+    readme = (Path(ROOT) / "README.md").read_text()
+    (bib,) = re.findall(r"```bibtex\n(.*?)```", readme, flags=re.S)
+    cff = (Path(ROOT) / "CITATION.cff").read_text()
+    fields = dict(re.findall(r"^\s*(\w+)\s*=\s*\{(.*)\},?$", bib, flags=re.M))
+    assert fields["doi"] in cff and fields["eprint"] in cff and fields["volume"] in cff and fields["year"] in cff
+    assert fields["pages"].replace("--", "") == "44624473" and "start: 4462" in cff and "end: 4473" in cff
+    assert "Meunier" in fields["author"] and "Badoual" in fields["author"] and "Bouthemy" in fields["author"]
