@@ -1,4 +1,4 @@
-"""File loaders and the DataSplit dataset (formats: docs/METHOD.md, "Data formats").
+"""File loaders and the DataSplit dataset (formats: docs/METHOD.md §3).
 
 A DataSplit CSV has one row per sample and columns among ``Flow`` (.flo or .npy), ``Image``
 (RGB frame), ``GtMask`` (binary mask, any PNG) and ``FlowRGB`` (the flow's colour coding, as a

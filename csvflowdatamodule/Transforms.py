@@ -1,4 +1,4 @@
-"""Per-sample flow transforms: normalisation and global-motion augmentation (DESIGN.md §2).
+"""Per-sample flow transforms: normalisation and global-motion augmentation (docs/METHOD.md §2).
 
 Every transform is callable on an item dict (it replaces ``item['Flow']``) or directly on a flow
 tensor (2, I, J) (a leading batch dimension (B, 2, I, J) is accepted too; each sample then gets
@@ -95,7 +95,7 @@ class TrNormaliseFlow:
 
 
 class TrAugmentFlow:
-    """Add a random global (camera-like) motion to a flow (2, I, J) (DESIGN.md §2).
+    """Add a random global (camera-like) motion to a flow (2, I, J) (docs/METHOD.md §2).
 
     With row i and column j scaled to [-1, 1]:
 
