@@ -14,7 +14,7 @@ from torch import Tensor
 
 from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
-from Models.LitBackbone import BACKBONES, LitBackbone
+from Models.LitBackbone import BACKBONES, BatchPreparator, LitBackbone
 from Models.LitHead import LitHead
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class LitSegmentationModel(pl.LightningModule):
                        help="unet, or fake: no backbone weights (the input channels repeated), only the head learns")
         g.add_argument("--features_backbone", type=int, default=d["features_backbone"])
         UNetAbstract.add_specific_args(parent_parser, g)
-        g.add_argument("--inputs", nargs="+", default=list(d["inputs"]), choices=["Flow", "Image", "FlowRGB"],
+        g.add_argument("--inputs", nargs="+", default=list(d["inputs"]), choices=list(BatchPreparator.TYPES),
                        help="network inputs, concatenated on channels")
         g.add_argument("--optim.name", default=d["optim.name"], choices=["Adam", "RMSprop"])
         g.add_argument("--optim.lr", type=float, default=d["optim.lr"])

@@ -67,7 +67,8 @@ def test_wheel_holds_the_code_the_scripts_and_the_version(wheel):
     declared = dict(re.findall(r"^(\S+) = (\S+)$", section, flags=re.M))
     assert {k: declared.get(k) for k in SCRIPTS} == SCRIPTS
     assert meta["Name"] == "emseg" and meta["Version"] == emseg.__version__
-    assert meta["Requires-Python"] == ">=3.11"
+    assert meta["Requires-Python"] == ">=3.11" and meta["License-Expression"] == "AGPL-3.0-only"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
 def test_console_script_targets_are_the_entry_scripts_mains():
@@ -137,7 +138,8 @@ def test_release_files_name_one_version():
     assert "2201.02074" in cff and "Meunier" in cff and "Bouthemy" in cff and "Badoual" in cff
     lic = (root / "LICENSE").read_text()
     assert lic.lstrip().startswith("GNU AFFERO GENERAL PUBLIC LICENSE") and "Version 3, 19 November 2007" in lic
-    assert pyproject()["project"]["license"] == {"file": "LICENSE"}
+    project = pyproject()["project"]
+    assert project["license"] == "AGPL-3.0-only" and project["license-files"] == ["LICENSE"]
 
 
 def test_readme_bibtex_matches_citation_cff():
