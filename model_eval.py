@@ -3,6 +3,7 @@
     python model_eval.py --ckpt runs/exp1/last.ckpt --save_dir runs/exp1/eval --base_dir /data \
         --data_file DataSplit/Exp6_Split --steps val test --draw_figs --save_npy --save_mask
     python model_eval.py --model ClassicalEM --save_dir runs/em --data_file ...   # the EM baseline
+    emseg-eval ...                                                              # once installed
 
 All logic lives in utils/evaluation_run.py; see `python model_eval.py --help`.
 """

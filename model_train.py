@@ -1,8 +1,12 @@
 """Train MethodeB (EM-driven unsupervised motion segmentation).
 
     python model_train.py                                   # built-in synthetic demo, CPU-sized
-    python model_train.py --path_save_model runs/exp1 --base_dir /data --data_file DataSplit/Exp6_Split \
+    python model_train.py --path_save_model runs/exp1 --base_dir /data --data_file DataSplit/DAVIS_D16Split \
         --flow_augmentation globalmotionfullquadlight --gpus 1
+    emseg-train ...                                         # the same, once installed (pip install -e .)
+
+(``DataSplit/DAVIS_D16Split`` has the train and val lists training reads; ``--base_dir`` is where
+their DAVIS paths live.)
 
 All logic lives in utils/training.py; see `python model_train.py --help` for every flag.
 """

@@ -6,6 +6,7 @@
     python segment.py --flows data/my_clip/flows --out out/my_clip
     python segment.py --flow x.flo --ckpt runs/exp1/last.ckpt --out out/x
     python segment.py --flow x.flo --ckpt ClassicalEM --out out/x_em  # the EM baseline
+    emseg-segment --flow x.flo --out out/x                            # once installed (pip install -e .)
 
 Writes per frame {name}_binary.png, and segmentation.mp4 (video) or segmentation.gif (flow files) of
 the overlays; --save_proba and --overlays add {name}_proba.npy and {name}_overlay.png (on by default

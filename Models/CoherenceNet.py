@@ -35,7 +35,7 @@ def materialise_rows(pending: list[dict]) -> list[dict]:
 
 
 class CoherenceNet(LitSegmentationModel):
-    """Segmentation network trained by the coherence loss (DESIGN.md §1).
+    """Segmentation network trained by the coherence loss (docs/METHOD.md §1).
 
     ``Criterion(batch)`` fits θ per mask (the M-step, detached), then returns per-sample
     ``losses`` = coherence − entropy_weight · entropy, ``coherence_losses`` and ``entropies``

@@ -2,26 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
+from Models.Backbones.FakeModel import FakeModel
 from Models.Backbones.unet import UNet
 
-INPUT_CHANNELS = {"Flow": 2, "Image": 3, "FlowRGB": 3}
+#: --backbone choices
+BACKBONES = ("unet", "fake")
 
 
-def check_inputs(inputs) -> list[str]:
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    unknown = [name for name in inputs if name not in INPUT_CHANNELS]
-    if not inputs or unknown:
-        raise ValueError(f"--inputs must name one or more of {list(INPUT_CHANNELS)}, got {inputs}")
-    return inputs
+class BatchPreparator:
+    """Builds the network input from a batch: the ``inputs`` concatenated on channels, in order.
+
+    Flow (B, 2, I, J), Image (B, 3, I, J) in [-0.5, 0.5], FlowRGB (B, 3, I, J) → (B, C, I, J) with
+    C = ``in_batch`` = the sum of their channels.
+    """
+
+    TYPES: dict[str, int] = {"Flow": 2, "Image": 3, "FlowRGB": 3}
+
+    def __init__(self, inputs: str | Iterable[str]) -> None:
+        self.inputs = self.check_inputs(inputs)
+        self.in_batch = self.compute_len(self.inputs)
+
+    @classmethod
+    def check_inputs(cls, inputs: str | Iterable[str]) -> list[str]:
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        unknown = [name for name in inputs if name not in cls.TYPES]
+        if not inputs or unknown:
+            raise ValueError(f"--inputs must name one or more of {list(cls.TYPES)}, got {inputs}")
+        return inputs
+
+    def get_lengths(self) -> list[int]:
+        """Channels of each input, in order."""
+        return [self.TYPES[name] for name in self.inputs]
+
+    @classmethod
+    def compute_len(cls, inputs: Iterable[str]) -> int:
+        """Total channels of ``inputs``."""
+        return sum(cls.TYPES[name] for name in inputs)
+
+    def prepare_batch(self, batch: dict) -> Tensor:
+        """The inputs of ``batch`` checked and concatenated: (B, in_batch, I, J)."""
+        parts = []
+        for name in self.inputs:
+            if name not in batch:
+                raise KeyError(f"the model's --inputs need {name!r} in the batch; it has {sorted(batch)}")
+            x = batch[name]
+            if x.dim() != 4 or x.shape[1] != self.TYPES[name]:
+                raise ValueError(f"expected {name} (B, {self.TYPES[name]}, I, J), got {tuple(x.shape)}")
+            parts.append(x)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 class LitBackbone(nn.Module):
-    """``model`` is the U-Net; ``prepare_input(batch)`` concatenates the ``inputs`` on channels.
+    """``model`` is the backbone network; ``prepare_input(batch)`` is its :class:`BatchPreparator`.
 
-    Flow (B, 2, I, J), Image (B, 3, I, J) in [-0.5, 0.5], FlowRGB (B, 3, I, J) → (B, C, I, J).
+    ``backbone='unet'``: the U-Net, input (B, C, I, J) → features (B, features_backbone, I, J).
+    ``backbone='fake'``: :class:`FakeModel`, the same shapes without weights.
     """
 
     def __init__(self, inputs=("Flow",), backbone: str = "unet", features_backbone: int = 32,
@@ -29,24 +69,20 @@ class LitBackbone(nn.Module):
                  inner_normalisation: str = "InstanceNorm", padding_mode: str = "reflect",
                  train_bn: bool = False) -> None:
         super().__init__()
-        if backbone != "unet":
-            raise ValueError(f"--backbone must be 'unet', got {backbone!r}")
-        self.inputs = check_inputs(inputs)
-        in_ch = sum(INPUT_CHANNELS[name] for name in self.inputs)
-        self.model = UNet(num_classes=features_backbone, input_channels=in_ch, num_layers=num_layers,
-                          features_start=features_start, bilinear=bilinear,
-                          inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn)
+        if backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+        self.batch_prep = BatchPreparator(inputs)
+        self.inputs = self.batch_prep.inputs
+        in_ch = self.batch_prep.in_batch
+        if backbone == "fake":
+            self.model: nn.Module = FakeModel(features_backbone, input_channels=in_ch)
+        else:
+            self.model = UNet(num_classes=features_backbone, input_channels=in_ch, num_layers=num_layers,
+                              features_start=features_start, bilinear=bilinear,
+                              inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn)
 
     def prepare_input(self, batch: dict) -> Tensor:
-        parts = []
-        for name in self.inputs:
-            if name not in batch:
-                raise KeyError(f"the model's --inputs need {name!r} in the batch; it has {sorted(batch)}")
-            x = batch[name]
-            if x.dim() != 4 or x.shape[1] != INPUT_CHANNELS[name]:
-                raise ValueError(f"expected {name} (B, {INPUT_CHANNELS[name]}, I, J), got {tuple(x.shape)}")
-            parts.append(x)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return self.batch_prep.prepare_batch(batch)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

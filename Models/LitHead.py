@@ -5,13 +5,19 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-class MaskHead(nn.Module):
-    def __init__(self, features_backbone: int, n_masks: int) -> None:
+class SingleMask(nn.Module):
+    """The authors' head network: features (B, in_feats, I, J) → logits (B, out_feats, I, J).
+
+    One 1×1 convolution (``pred_conv``, the name their checkpoints store); the softmax over the
+    L = ``out_feats`` masks is applied by :class:`LitHead`.
+    """
+
+    def __init__(self, in_feats: int, out_feats: int) -> None:
         super().__init__()
-        self.pred_conv = nn.Conv2d(features_backbone, n_masks, kernel_size=1)
+        self.pred_conv = nn.Conv2d(in_feats, out_feats, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pred_conv(x).softmax(dim=1)
+        return self.pred_conv(x)
 
 
 class LitHead(nn.Module):
@@ -21,7 +27,7 @@ class LitHead(nn.Module):
         super().__init__()
         if n_masks < 1:
             raise ValueError(f"--nAffineMasks must be >= 1, got {n_masks}")
-        self.model = MaskHead(features_backbone, n_masks)
+        self.model = SingleMask(features_backbone, n_masks)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self.model(x).softmax(dim=1)

@@ -12,8 +12,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
-from Models.LitBackbone import LitBackbone
+from Models.LitBackbone import BACKBONES, BatchPreparator, LitBackbone
 from Models.LitHead import LitHead
 
 logger = logging.getLogger(__name__)
@@ -64,12 +65,7 @@ class LitSegmentationModel(pl.LightningModule):
         "nAffineMasks": 2,
         "backbone": "unet",
         "features_backbone": 32,
-        "unet.num_layers": 7,
-        "unet.features_start": 64,
-        "inner_normalisation": "InstanceNorm",
-        "train_bn": False,
-        "bilinear": False,
-        "padding_mode": "reflect",
+        **UNetAbstract.DEFAULTS,
         "inputs": ["Flow"],
         "optim.name": "Adam",
         "optim.lr": 1e-4,
@@ -120,17 +116,11 @@ class LitSegmentationModel(pl.LightningModule):
         d = LitSegmentationModel.HPARAM_DEFAULTS
         g = parent_parser.add_argument_group("network")
         g.add_argument("--nAffineMasks", "-L", type=int, default=d["nAffineMasks"], help="number of masks L")
-        g.add_argument("--backbone", default=d["backbone"], choices=["unet"])
+        g.add_argument("--backbone", "-bb", default=d["backbone"], choices=list(BACKBONES),
+                       help="unet, or fake: no backbone weights (the input channels repeated), only the head learns")
         g.add_argument("--features_backbone", type=int, default=d["features_backbone"])
-        g.add_argument("--unet.num_layers", type=int, default=d["unet.num_layers"], help="U-Net levels")
-        g.add_argument("--unet.features_start", type=int, default=d["unet.features_start"],
-                       help="features of the first U-Net level")
-        g.add_argument("--inner_normalisation", "-inm", default=d["inner_normalisation"],
-                       choices=["InstanceNorm", "BatchNorm", "None"])
-        g.add_argument("--train_bn", action="store_true", help="track running statistics in the norms")
-        g.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
-        g.add_argument("--padding_mode", default=d["padding_mode"], choices=["reflect", "zeros"])
-        g.add_argument("--inputs", nargs="+", default=list(d["inputs"]), choices=["Flow", "Image", "FlowRGB"],
+        UNetAbstract.add_specific_args(parent_parser, g)
+        g.add_argument("--inputs", nargs="+", default=list(d["inputs"]), choices=list(BatchPreparator.TYPES),
                        help="network inputs, concatenated on channels")
         g.add_argument("--optim.name", default=d["optim.name"], choices=["Adam", "RMSprop"])
         g.add_argument("--optim.lr", type=float, default=d["optim.lr"])

@@ -1,4 +1,4 @@
-"""File loaders and the DataSplit dataset (DESIGN.md §2).
+"""File loaders and the DataSplit dataset (formats: docs/METHOD.md §3).
 
 A DataSplit CSV has one row per sample and columns among ``Flow`` (.flo or .npy), ``Image``
 (RGB frame), ``GtMask`` (binary mask, any PNG) and ``FlowRGB`` (the flow's colour coding, as a
@@ -420,3 +420,13 @@ class CsvDataset(Dataset):
     def __repr__(self) -> str:
         return (f"CsvDataset({self.data_path!r}, {len(self)} samples, columns={self.columns}, "
                 f"img_size={self.img_size}, subsample={self.subsample})")
+
+
+def __getattr__(name: str) -> Any:
+    # The authors kept the LightningDataModule in this file; it lives in CsvDataModule.py, which
+    # imports this module, so it is resolved on first access instead of at import time.
+    if name == "CsvDataModule":
+        from csvflowdatamodule.CsvDataModule import CsvDataModule
+
+        return CsvDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

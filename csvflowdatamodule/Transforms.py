@@ -1,4 +1,4 @@
-"""Per-sample flow transforms: normalisation, global-motion augmentation (DESIGN.md §2) and
+"""Per-sample flow transforms: normalisation, global-motion augmentation (docs/METHOD.md §2) and
 estimator-like flow noise.
 
 Every transform is callable on an item dict (it replaces ``item['Flow']``) or directly on a flow
@@ -96,7 +96,7 @@ class TrNormaliseFlow:
 
 
 class TrAugmentFlow:
-    """Add a random global (camera-like) motion to a flow (2, I, J) (DESIGN.md §2).
+    """Add a random global (camera-like) motion to a flow (2, I, J) (docs/METHOD.md §2).
 
     With row i and column j scaled to [-1, 1]:
 

@@ -1,12 +1,14 @@
 """Evaluate saved probabilities (``*_proba.npy``) of a DataSplit against its ground truth.
 
-Usage (from the repository root)::
+As the authors' Readme says, from ``evaluationmodule/``::
 
-    python -m evaluationmodule.Evaluation --model_base_dir /path/save_dir --data_base_dir /path/data \\
-        --data_file DataSplit/Exp6_Split --step test [--model_id M] [--scoring_method db_eval_iou|bbox_jacc] \\
-        [--binary_method exceptbiggest|fair]
+    python Evaluation.py -sm db_eval_iou -bm exceptbiggest -mi MyModelV8 --model_base_dir /path/to/dir \
+        -df ../DataSplit/MySuperSplit_val.csv --data_base_dir /path/to/data
 
-Results go to ``{model_base_dir}/Evaluation/{model_id or 'eval'}_{split}/`` (see ``evaluationmodule/README.md``).
+or from the repository root ``python -m evaluationmodule.Evaluation ...`` with the same flags. The
+predictions are read from ``{model_base_dir}/{model_id}/`` (``{model_base_dir}/`` without ``--model_id``)
+and the results go to ``{that folder}/evaluation_{datetime}/`` (``--out_dir`` overrides it). A run
+that scores no row exits with status 1. Details: ``evaluationmodule/README.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from evaluationmodule.BinarisationModule import BINARY_METHODS  # noqa: E402
 from evaluationmodule.davis_metrics import DECAY_BINNINGS  # noqa: E402
 from evaluationmodule.ScoreModule import SCORING_METHODS, EvaluationResult, evaluate  # noqa: E402
 
-__all__ = ["build_parser", "evaluate", "main"]
+__all__ = ["build_parser", "cli", "evaluate", "main", "new_output_dir", "prediction_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +35,20 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data_file", required=True,
+    p.add_argument("--data_file", "-df", required=True,
                    help="DataSplit CSV path, or a prefix completed as {data_file}_{step}.csv")
     p.add_argument("--step", default="test", help="split used with a --data_file prefix")
     p.add_argument("--model_base_dir", required=True,
-                   help="folder holding the predictions {Flow without extension}_proba.npy "
-                        "(model_eval.py --save_npy's save_dir); results go to its Evaluation/ subfolder")
+                   help="folder of the models' predictions: {model_base_dir}/{model_id}/ holds the "
+                        "{Flow without extension}_proba.npy files (model_eval.py --save_npy's save_dir)")
     p.add_argument("--data_base_dir", default=".", help="folder the DataSplit's paths are relative to")
-    p.add_argument("--model_id", default=None, help="names the output folder (default 'eval')")
-    p.add_argument("--scoring_method", choices=SCORING_METHODS, default=None,
+    p.add_argument("--model_id", "-mi", default=None,
+                   help="the model's folder under --model_base_dir (default: the predictions are in "
+                        "--model_base_dir itself)")
+    p.add_argument("--scoring_method", "-sm", choices=SCORING_METHODS, default=None,
                    help="per-frame score; default bbox_jacc when the split's name contains 'Moca', "
                         "db_eval_iou otherwise")
-    p.add_argument("--binary_method", choices=BINARY_METHODS, default="exceptbiggest",
+    p.add_argument("--binary_method", "-bm", choices=BINARY_METHODS, default="exceptbiggest",
                    help="how L masks become one foreground mask ('fair' uses the ground truth)")
     p.add_argument("--bound_th", type=float, default=0.008,
                    help="boundary F tolerance: fraction of the image diagonal (< 1) or pixels (≥ 1)")
@@ -51,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame bins of the decay: the DAVIS toolkit's, or np.array_split into 4")
     p.add_argument("--fig_every", type=int, default=10, help="a figure every N scored frames (0: none)")
     p.add_argument("--no_masks", action="store_true", help="do not write the binary masks")
-    p.add_argument("--out_dir", default=None, help="override the output folder")
+    p.add_argument("--out_dir", default=None,
+                   help="output folder (default: {predictions}/evaluation_{YYYY-mm-dd_HH-MM-SS}/)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -75,6 +81,21 @@ def _table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+def prediction_dir(model_base_dir: str | Path, model_id: str | None) -> Path:
+    """``{model_base_dir}/{model_id}/`` (the authors' layout), or ``model_base_dir`` without an id."""
+    return Path(model_base_dir) / model_id if model_id else Path(model_base_dir)
+
+
+def new_output_dir(pred_dir: Path) -> Path:
+    """``{pred_dir}/evaluation_{datetime}/``; a second run in the same second gets a ``_2`` suffix."""
+    stem = pred_dir / f"evaluation_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    out, k = stem, 1
+    while out.exists():
+        k += 1
+        out = stem.with_name(f"{stem.name}_{k}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> EvaluationResult:
     """Parse the command line, run ``evaluate`` and print a short table of the summary."""
     args = build_parser().parse_args(argv)
@@ -82,17 +103,36 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResult:
         logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     else:
         logging.getLogger("evaluationmodule").setLevel(getattr(logging, args.log_level))
-    result = evaluate(data_file=args.data_file, model_base_dir=args.model_base_dir, data_base_dir=args.data_base_dir,
+    pred_dir = prediction_dir(args.model_base_dir, args.model_id)
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"--model_base_dir/--model_id: no prediction folder {pred_dir}")
+    out_dir = Path(args.out_dir) if args.out_dir is not None else new_output_dir(pred_dir)
+    result = evaluate(data_file=args.data_file, model_base_dir=pred_dir, data_base_dir=args.data_base_dir,
                       model_id=args.model_id, step=args.step, scoring_method=args.scoring_method,
                       binary_method=args.binary_method, bound_th=args.bound_th, fig_every=args.fig_every,
-                      decay_binning=args.decay_binning, out_dir=args.out_dir, save_masks=not args.no_masks,
-                      progress=not args.no_progress, extra_settings=vars(args))
+                      decay_binning=args.decay_binning, out_dir=out_dir, save_masks=not args.no_masks,
+                      progress=not args.no_progress,
+                      extra_settings={**vars(args), "prediction_dir": str(pred_dir)})
     print(_table(result))
     return result
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command line's exit status: 0, or 1 with a one-line message when nothing could be scored
+    (bad input, or no row with a usable prediction)."""
     try:
-        main()
+        result = main(argv)
     except (FileNotFoundError, ValueError) as err:  # bad input: a one-line message naming the file/argument
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    s = result.summary
+    if s["scored_rows"] == 0:
+        print(f"error: scored 0 of {s['total_rows']} rows ({s['missing_rows']} without a prediction, "
+              f"{s['error_rows']} unusable) — are the *_proba.npy files under {result.settings['model_base_dir']}? "
+              f"Results: {result.out_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -64,8 +64,8 @@ def test_train_eval_evaluate_and_resume(tiny_split, tmp_path):
 
     # the evaluation module on those probabilities
     run_cli(["-m", "evaluationmodule.Evaluation", "--data_file", prefix, "--step", "test", "--model_base_dir",
-             str(ev), "--data_base_dir", base, "--model_id", "e2e", "--no_progress"])
-    out_dir = next((ev / "Evaluation").glob("e2e_*"))
+             str(tmp_path), "--data_base_dir", base, "--model_id", "eval", "--no_progress"])
+    out_dir = next(ev.glob("evaluation_*"))
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["total_rows"] == 8 and summary["missing_rows"] == 0
     assert 0.0 <= summary["mean_score"] <= 1.0

@@ -1,4 +1,4 @@
-"""Flow normalisations and augmentations (csvflowdatamodule/Transforms.py, DESIGN.md §2)."""
+"""Flow normalisations and augmentations (csvflowdatamodule/Transforms.py, docs/METHOD.md §2)."""
 
 from __future__ import annotations
 

@@ -93,10 +93,12 @@ def split(tmp_path):
 
 @pytest.mark.slow
 def test_main_full_run(split, capsys):
-    result = main(["--data_file", str(split["prefix"]), "--step", "test", "--model_base_dir", str(split["preds"]),
-                   "--data_base_dir", str(split["data"]), "--model_id", "m1", "--no_progress"])
-    out = split["preds"] / "Evaluation" / "m1_Toy_test"
-    assert result.out_dir == out
+    # the authors' layout: predictions in {model_base_dir}/{model_id}/, results in its evaluation_{datetime}/
+    result = main(["--data_file", str(split["prefix"]), "--step", "test", "--model_base_dir",
+                   str(split["preds"].parent), "--data_base_dir", str(split["data"]), "--model_id", "preds",
+                   "--no_progress"])
+    out = result.out_dir
+    assert out.parent == split["preds"] and out.name.startswith("evaluation_")
     assert "mean_score" in capsys.readouterr().out
 
     for name in ("scores.csv", "per_sequence.csv", "per_sequence.png", "settings.json", "summary.json"):
@@ -157,7 +159,8 @@ def test_main_full_run(split, capsys):
     assert per_seq.loc["dog", "JF"] == pytest.approx((seq_j["dog"] + seq_f["dog"]) / 2)
 
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["model_id"] == "m1" and settings["scoring_method"] == "db_eval_iou"
+    assert settings["model_id"] == "preds" and settings["scoring_method"] == "db_eval_iou"
+    assert settings["prediction_dir"] == str(split["preds"])
     assert settings["binary_method"] == "exceptbiggest" and settings["step"] == "test"
 
     binaries = sorted((out / "binary").rglob("*.png"))

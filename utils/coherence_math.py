@@ -1,6 +1,6 @@
 """The one home of the method's math: parametric motion bases, θ solvers, parametric flow, loss.
 
-Conventions used throughout (DESIGN.md §1):
+Conventions used throughout (docs/METHOD.md §1 and §2):
 
 - ``flow`` (B, 2, I, J): channel 0 is u (horizontal), channel 1 is v.
 - ``pred`` (B, L, I, J): soft masks, softmax over L.

@@ -35,6 +35,7 @@ from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
 from utils.atomic_io import atomic_write_text
 from utils.figures import frame_figure, save_figure
+from utils.quiet_logs import quiet_library_logs
 from utils.results import RESULT_COLUMNS, RunLock, append_rows, atomic_write_json, read_rows, rewrite_rows
 from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 from utils.training import explicit_flags
@@ -222,6 +223,7 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
 
 
 def run_evaluation(args: argparse.Namespace) -> dict[str, dict]:
+    quiet_library_logs()
     pl.seed_everything(args.seed, workers=True)
     model = load_model(args)
     if args.binary_method_gen:

@@ -91,7 +91,8 @@ def make_logger(kind: str, save_dir: str, name: str = "logs") -> Any:
     if kind == "tensorboard":
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        return TensorBoardLogger(save_dir, name=name)
+        # no placeholder hp_metric = -1 in the hyperparameters view: the runs log real metrics
+        return TensorBoardLogger(save_dir, name=name, default_hp_metric=False)
     if kind == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 

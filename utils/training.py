@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule
 from Models.CoherenceNets.MethodeB import MethodeB
+from utils.quiet_logs import allow_run_files_in_checkpoint_dir, quiet_library_logs
 from utils.results import RunLock, atomic_write_json
 from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 
@@ -121,11 +122,14 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--init_ckpt {args.init_ckpt}: {str(err)[:800]}") from None
         logger.info("initialised the weights from %s", args.init_ckpt)
 
+    quiet_library_logs()
     lock = None
     callbacks: list[pl.Callback] = []
     ckpt_cb = None
     if save_dir is not None:
         from utils.results import ResultsWriter
+
+        allow_run_files_in_checkpoint_dir(save_dir, resuming=args.ckpt_path is not None)
 
         if _is_rank_zero_process():
             lock = RunLock(save_dir).acquire()
@@ -184,7 +188,7 @@ class LastCheckpoint(pl.Callback):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         tmp = f"{self.path}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes
         trainer.strategy.barrier("last-checkpoint-written")
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
