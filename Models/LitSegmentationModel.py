@@ -150,9 +150,10 @@ class LitSegmentationModel(pl.LightningModule):
                              **kwargs: Any):
         """Rebuild the model from a checkpoint's hyperparameters and load its weights.
 
-        Reading is weights-only (no code runs). ``weights_only=False`` (or
-        ``trust_checkpoint=True``) is the explicit opt-in for legacy files that pickle Python
-        objects. ``kwargs`` override stored hyperparameters.
+        Reading is weights-only (no code runs), with the allow-list of ``Models.checkpoint_io`` that
+        admits the authors' PL 1.2 files. ``weights_only=False`` (or ``trust_checkpoint=True``) is
+        the explicit opt-in for files that reference other Python objects (full unpickling).
+        ``kwargs`` override stored hyperparameters.
         """
         if hparams_file is not None:
             raise NotImplementedError("hparams_file is not supported: hyperparameters live in the checkpoint")
