@@ -351,3 +351,171 @@ def test_a_lock_held_by_an_unrelated_process_says_how_to_clear_it(split, tmp_pat
         other.wait()
     line = one_error_line(err)
     assert code != 0 and f"pid {other.pid}" in line and f"delete {run / '.run.lock'}" in line
+
+
+# ------------------------------------------------------------------------------------------------
+# 5–8, 11. Evaluation: stale, colliding, misplaced or malformed predictions; --resume identity
+# ------------------------------------------------------------------------------------------------
+NET = {"unet.num_layers": 2, "unet.features_start": 4, "img_size": [16, 32], "nAffineMasks": 2}
+
+
+def tiny_checkpoint(path, seed: int = 0) -> str:
+    torch.manual_seed(seed)
+    model = MethodeB(**NET)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return str(path)
+
+
+def eval_argv(ckpt, save_dir, base, data_file, *extra) -> list[str]:
+    return ["--ckpt", str(ckpt), "--save_dir", str(save_dir), "--base_dir", str(base), "--data_file", data_file,
+            "--steps", "test", "--num_workers", "0", "--accelerator", "cpu", "--batch_size", "2", "--logger", "none",
+            *extra]
+
+
+def evaluation(save_dir, base, data_file):
+    from evaluationmodule.ScoreModule import evaluate
+
+    return evaluate(data_file=data_file, model_base_dir=str(save_dir), data_base_dir=str(base), step="test",
+                    fig_every=0, save_masks=False, progress=False).scores
+
+
+def test_stale_predictions_are_never_scored(tmp_path):
+    import model_eval
+
+    base = tmp_path / "d"
+    base.mkdir()
+    prefix = make_split(base, n=4)
+    rows = read_csv(f"{prefix}_test.csv")
+    ev = tmp_path / "ev"
+    assert model_eval.main(eval_argv(tiny_checkpoint(tmp_path / "a.ckpt"), ev, base, prefix, "--save_npy")) == 0
+    assert list(evaluation(ev, base, prefix)["status"]) == ["ok"] * 4
+    # frame 1 now fails to load; a new model is evaluated into the same folder
+    (base / rows[1]["Flow"]).write_bytes(b"broken")
+    assert model_eval.main(eval_argv(tiny_checkpoint(tmp_path / "b.ckpt", 1), ev, base, prefix, "--save_npy")) == 0
+    assert list(evaluation(ev, base, prefix)["status"]) == ["ok", "missing", "ok", "ok"]
+    # a prediction the manifest does not list, or one whose flow changed since, is not scored
+    stem = ev / os.path.splitext(rows[1]["Flow"])[0]
+    np.save(f"{stem}_proba.npy", np.full((2, 16, 32), 0.5, np.float32))
+    write_flow(base / rows[2]["Flow"], read_flow(base / rows[3]["Flow"]))
+    scores = evaluation(ev, base, prefix)
+    assert "not in the predictions manifest" in scores["status"][1]
+    assert "computed from another flow" in scores["status"][2]
+    assert list(scores["status"][[0, 3]]) == ["ok", "ok"]
+    # predictions from another model than the folder's last run are refused too
+    manifest = (ev / "predictions_test.tsv").read_text().splitlines()
+    settings = json.loads((ev / "eval_settings.json").read_text())
+    settings["identity"]["model_sha256"] = "0" * 64
+    (ev / "eval_settings.json").write_text(json.dumps(settings))
+    assert len(manifest) == 4  # header and the three frames that were evaluated
+    assert all("another model" in s for s in evaluation(ev, base, prefix)["status"][[0, 3]])
+
+
+def test_output_name_collisions_are_refused(tmp_path, capsys):
+    import model_eval
+
+    base = tmp_path / "d"
+    base.mkdir()
+    prefix = make_split(base, n=2)
+    rows = read_csv(f"{prefix}_test.csv")
+    npy = rows[0]["Flow"].replace(".flo", ".npy")
+    np.save(base / npy, read_flow(base / rows[1]["Flow"]))
+    write_csv(base / "split_test.csv", ["Flow", "GtMask"], [[rows[0]["Flow"], rows[0]["GtMask"]],
+                                                            [npy, rows[1]["GtMask"]]])
+    code, err = error_of(model_eval.main, eval_argv(tiny_checkpoint(tmp_path / "a.ckpt"), tmp_path / "ev", base,
+                                                    prefix, "--save_npy"), capsys)
+    line = one_error_line(err)
+    assert code != 0 and rows[0]["Flow"] in line and npy in line and "would both write" in line
+
+
+def test_outputs_stay_inside_save_dir(tmp_path):
+    import model_eval
+
+    data = tmp_path / "data"
+    (data / "splits").mkdir(parents=True)
+    prefix = make_split(data, n=2)
+    rows = read_csv(f"{prefix}_test.csv")
+    write_csv(data / "splits" / "up_test.csv", ["Flow", "GtMask"],
+              [[f"../{r['Flow']}", f"../{r['GtMask']}"] for r in rows])
+    ev = tmp_path / "out" / "ev"
+    up = str(data / "splits" / "up")
+    assert model_eval.main(eval_argv(tiny_checkpoint(tmp_path / "a.ckpt"), ev, data / "splits", up,
+                                     "--save_npy", "--save_mask", "--draw_figs")) == 0
+    outside = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and ev not in p.parents]
+    assert outside == [] and len(list(ev.rglob("*_proba.npy"))) == 2
+    assert list(evaluation(ev, data / "splits", f"{up}_test.csv")["status"]) == ["ok", "ok"]
+
+
+def test_eval_resume_checks_the_model_and_each_rows_frame(tmp_path, capsys):
+    import model_eval
+
+    base = tmp_path / "d"
+    base.mkdir()
+    prefix = make_split(base, n=4)
+    rows = read_csv(f"{prefix}_test.csv")
+    ev = tmp_path / "ev"
+    a = tiny_checkpoint(tmp_path / "a.ckpt")
+    assert model_eval.main(eval_argv(a, ev, base, prefix, "--save_npy")) == 0
+    first = read_csv(ev / "results_test.csv")
+    code, err = error_of(model_eval.main, eval_argv(tiny_checkpoint(tmp_path / "b.ckpt", 1), ev, base, prefix,
+                                                    "--save_npy", "--resume"), capsys)
+    assert code != 0 and "another model" in one_error_line(err)
+    # a row inserted into the CSV is evaluated, and every row is its own frame's
+    extra = read_csv(f"{prefix}_train.csv")[0]
+    write_csv(base / "split_test.csv", ["Flow", "Image", "GtMask"],
+              [[r["Flow"], r["Image"], r["GtMask"]] for r in rows[:2] + [extra] + rows[2:]])
+    assert model_eval.main(eval_argv(a, ev, base, prefix, "--save_npy", "--resume")) == 0
+    again = read_csv(ev / "results_test.csv")
+    assert [r["file_name"] for r in again] == [r["Flow"] for r in rows[:2] + [extra] + rows[2:]]
+    old = {r["file_name"]: r["losses"] for r in first}
+    for r in again:
+        if r["file_name"] in old:
+            assert float(r["losses"]) == pytest.approx(float(old[r["file_name"]]), rel=1e-5)
+    assert list(evaluation(ev, base, prefix)["status"]) == ["ok"] * 5
+
+
+def test_malformed_probabilities_are_refused(tmp_path):
+    from evaluationmodule.DataLoadingModule import DataLoadingError, check_proba_shape, load_proba
+
+    good = np.full((2, 16, 32), 0.5, np.float32)
+    cases = {"int.npy": good.astype(np.int64), "range.npy": good * 3, "neg.npy": good - 1}
+    for name, arr in cases.items():
+        np.save(tmp_path / name, arr)
+        with pytest.raises(DataLoadingError, match=name):
+            load_proba(tmp_path / name)
+    check_proba_shape(good, (48, 96), "p.npy")
+    with pytest.raises(DataLoadingError, match="transposed"):
+        check_proba_shape(good.transpose(0, 2, 1), (48, 96), "p.npy")
+    # and end to end: Evaluation records them as errors, never "ok"
+    base = tmp_path / "d"
+    base.mkdir()
+    prefix = make_split(base, n=3)
+    rows = read_csv(f"{prefix}_test.csv")
+    preds = tmp_path / "preds"
+    for r, arr in zip(rows, (good.transpose(0, 2, 1), good.astype(np.int64), good * 3)):
+        stem = preds / os.path.splitext(r["Flow"])[0]
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.save(f"{stem}_proba.npy", arr)
+    status = list(evaluation(preds, base, prefix)["status"])
+    assert all(s.startswith("error") for s in status), status
+
+
+def test_eval_out_of_memory_and_bad_flags_are_one_line_errors(split, tmp_path, monkeypatch, capsys):
+    import model_eval
+
+    base, prefix = split
+    ckpt = tiny_checkpoint(tmp_path / "a.ckpt")
+    for flags, named in ((["--batch_size", "0"], "--batch_size 0"), (["--model", "ClassicalEM", "-L", "0"], "-L 0")):
+        code, err = error_of(model_eval.main, [*eval_argv(ckpt, tmp_path / "ev", base, prefix), *flags], capsys)
+        assert code != 0 and named in one_error_line(err)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello\n")
+    code, err = error_of(model_eval.main, eval_argv(text, tmp_path / "ev", base, prefix), capsys)
+    assert code != 0 and "text file" in one_error_line(err)
+
+    def explode(self, batch):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 987654321000 bytes.")
+
+    monkeypatch.setattr(MethodeB, "prediction", explode)
+    code, err = error_of(model_eval.main, eval_argv(ckpt, tmp_path / "ev", base, prefix), capsys)
+    line = one_error_line(err)
+    assert code != 0 and "out of memory" in line and "--batch_size" in line

@@ -271,14 +271,16 @@ def frame_complete(row: dict, save_dir: str, args: argparse.Namespace) -> bool:
     return all(os.path.exists(p) for p in needed)
 
 
-def collect_rows(save_dir: str, step: str) -> list[dict]:
-    """Rows of the final file and of every part file, one per frame index (the first seen)."""
+def collect_rows(save_dir: str, step: str, flow_at: dict[int, str] | None = None) -> list[dict]:
+    """Rows of the final file and of every part file, one per frame index (the first seen); with
+    ``flow_at`` (row index → the CSV's Flow there now) only rows that are still that frame."""
     rows = read_rows(os.path.join(save_dir, f"results_{step}.csv"))
     for part in sorted(glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv"))):
         rows += read_rows(part)
     seen: dict[int, dict] = {}
     for row in rows:
-        seen.setdefault(int(row["index"]), row)
+        if flow_at is None or flow_at.get(int(row["index"])) == row["file_name"]:
+            seen.setdefault(int(row["index"]), row)
     return [seen[k] for k in sorted(seen)]
 
 
@@ -386,7 +388,7 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
         trainer.strategy.barrier("eval-parts-written")
         if not trainer.is_global_zero:
             return {}
-    rows = [r for r in collect_rows(save_dir, step) if flow_at.get(int(r["index"])) == r["file_name"]]
+    rows = collect_rows(save_dir, step, flow_at)
     for r in rows:
         r["step_label"] = step
     merge_manifest(save_dir, step)
