@@ -208,20 +208,20 @@ def test_best_checkpoint_is_right_after_a_kill_and_resume(split, tmp_path, monke
     monkeypatch.setattr(CoherenceNet, "Criterion", improving)
     saved = training.LastCheckpoint.on_train_epoch_end
 
-    def killed_in_epoch_2(self, trainer, pl_module):
-        if trainer.current_epoch == 2:
+    def killed_in_epoch_1(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
             raise RuntimeError("killed")  # the process dies: nothing after this point runs
         saved(self, trainer, pl_module)
 
     run = tmp_path / "run"
-    argv = train_argv(split, run, "--max_epochs", "4", "--limit_train_batches", "1")
-    monkeypatch.setattr(training.LastCheckpoint, "on_train_epoch_end", killed_in_epoch_2)
+    argv = train_argv(split, run, "--max_epochs", "3", "--limit_train_batches", "1", "--limit_val_batches", "1")
+    monkeypatch.setattr(training.LastCheckpoint, "on_train_epoch_end", killed_in_epoch_1)
     with pytest.raises(RuntimeError, match="killed"):
         training.run_training(training.parse_args(argv))
     monkeypatch.setattr(training.LastCheckpoint, "on_train_epoch_end", saved)
     summary = training.run_training(training.parse_args([*argv, "--ckpt_path", "last"]))
     best = sorted(p.name for p in run.glob("epoch=*.ckpt"))
-    assert len(best) == 1 and best[0].startswith("epoch=3-"), best
+    assert len(best) == 1 and best[0].startswith("epoch=2-"), best
     assert summary["best_checkpoint"] == str(run.resolve() / best[0])
     assert os.path.exists(summary["best_checkpoint"])
 
@@ -231,7 +231,8 @@ def test_best_checkpoint_is_right_after_a_kill_and_resume(split, tmp_path, monke
 # ------------------------------------------------------------------------------------------------
 def test_resume_refuses_changed_flags_and_keeps_the_record(split, tmp_path, capsys):
     run = tmp_path / "run"
-    assert model_train.main(train_argv(split, run, "--max_epochs", "1", "--optim.lr", "0.002")) == 0
+    quick = ["--limit_train_batches", "1", "--limit_val_batches", "1"]
+    assert model_train.main(train_argv(split, run, "--max_epochs", "1", "--optim.lr", "0.002", *quick)) == 0
     before = (run / "hparams.json").read_bytes()
     for flag in (["--optim.lr", "0.5"], ["--unet.features_start", "8"]):
         code, err = error_of(model_train.main, train_argv(split, run, "--max_epochs", "2", "--ckpt_path", "last",
@@ -241,7 +242,7 @@ def test_resume_refuses_changed_flags_and_keeps_the_record(split, tmp_path, caps
     # flags left out take the run's own values, and the record says what was used
     base, prefix = split
     assert model_train.main(["--path_save_model", str(run), "--base_dir", base, "--data_file", prefix, *TINY,
-                             "--max_epochs", "2", "--ckpt_path", "last"]) == 0
+                             "--max_epochs", "2", "--ckpt_path", "last", *quick]) == 0
     hp = strict_json(run / "hparams.json")
     assert hp["optim.lr"] == 0.002 and hp["max_epochs"] == 2
     last = torch.load(run / "last.ckpt", weights_only=True)
