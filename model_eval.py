@@ -12,19 +12,24 @@ import logging
 import sys
 
 from utils.evaluation_run import parse_args, run_evaluation
+from utils.run_checks import run_cli
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    results = run_evaluation(args)
-    for step, res in results.items():
-        if res:
-            jacc = res["mean_jacc_frames"]
-            print(f"{step}: {res['frames']}/{res['frames_in_split']} frames, skipped {res['skipped']}, "
-                  f"mean J over frames {'n/a' if jacc is None else f'{jacc:.4f}'} → "
-                  f"{args.save_dir}/results_{step}.csv")
-    return 0
+
+    def body() -> int:
+        results = run_evaluation(args)
+        for step, res in results.items():
+            if res:
+                jacc = res["mean_jacc_frames"]
+                print(f"{step}: {res['frames']}/{res['frames_in_split']} frames, skipped {res['skipped']}, "
+                      f"mean J over frames {'n/a' if jacc is None else f'{jacc:.4f}'} → "
+                      f"{args.save_dir}/results_{step}.csv")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

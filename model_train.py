@@ -14,18 +14,24 @@ All logic lives in utils/training.py; see `python model_train.py --help` for eve
 import logging
 import sys
 
+from utils.run_checks import run_cli
 from utils.training import parse_args, run_training
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = run_training(parse_args(argv))
-    if summary["path_save_model"]:
-        jacc = summary["val_jacc"]
-        print(f"\nbest checkpoint: {summary['best_checkpoint']}\nlast checkpoint: {summary['last_checkpoint']}"
-              f"\nvalidation Jaccard (last epoch): {'n/a' if jacc is None else f'{jacc:.4f}'}"
-              f"\nper-frame results: {summary['path_save_model']}/results.csv")
-    return 0
+    args = parse_args(argv)
+
+    def body() -> int:
+        summary = run_training(args)
+        if summary["path_save_model"]:
+            jacc = summary["val_jacc"]
+            print(f"\nbest checkpoint: {summary['best_checkpoint']}\nlast checkpoint: {summary['last_checkpoint']}"
+                  f"\nvalidation Jaccard (last epoch): {'n/a' if jacc is None else f'{jacc:.4f}'}"
+                  f"\nper-frame results: {summary['path_save_model']}/results.csv")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

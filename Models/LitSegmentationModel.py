@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 
 
+class NonFiniteLossError(RuntimeError):
+    """A batch's loss is NaN or infinite; the message names the batch's files."""
+
+
 def collect_rng_states() -> dict:
     """torch, CUDA, NumPy and Python RNG states as tensors and lists (weights-only loadable)."""
     import random
@@ -140,9 +144,10 @@ class LitSegmentationModel(pl.LightningModule):
                              **kwargs: Any):
         """Rebuild the model from a checkpoint's hyperparameters and load its weights.
 
-        Reading is weights-only (no code runs). ``weights_only=False`` (or
-        ``trust_checkpoint=True``) is the explicit opt-in for legacy files that pickle Python
-        objects. ``kwargs`` override stored hyperparameters.
+        Reading is weights-only (no code runs), with the allow-list of ``Models.checkpoint_io`` that
+        admits the authors' PL 1.2 files. ``weights_only=False`` (or ``trust_checkpoint=True``) is
+        the explicit opt-in for files that reference other Python objects (full unpickling).
+        ``kwargs`` override stored hyperparameters.
         """
         if hparams_file is not None:
             raise NotImplementedError("hparams_file is not supported: hyperparameters live in the checkpoint")
@@ -233,6 +238,7 @@ class LitSegmentationModel(pl.LightningModule):
         batch = self.prediction(batch)
         crit = self.Criterion(batch, with_parametric_flow=self.wants_figure(stage, batch_idx))
         loss = crit["losses"].mean()
+        self.check_finite(crit["losses"], batch, stage, batch_idx)
         B = batch["Flow"].shape[0]
         on_step = stage == "train"
         sync = stage != "train"
@@ -245,6 +251,21 @@ class LitSegmentationModel(pl.LightningModule):
             self.log("epoch_val_loss", loss, on_step=False, on_epoch=True, batch_size=B, sync_dist=True)
         batch["FrameRows"] = self.collect_frame_rows(batch, crit, stage, batch_idx)
         return loss
+
+    def check_finite(self, losses: Tensor, batch: dict, stage: str, batch_idx: int) -> None:
+        """Stop the run on a NaN or infinite loss (B,), naming the frames: one such step would turn
+        every weight into NaN, and every later loss, mask and J with it. (Bad flow files are
+        already set aside by the loader, so what remains is divergence, e.g. too high a rate.)"""
+        finite = torch.isfinite(losses.detach())
+        if bool(finite.all()):  # one host sync per step, the price of never training on NaN
+            return
+        names = list(batch.get("FlowPath") or [f"sample {i}" for i in range(len(losses))])
+        values = losses.detach().float().cpu().tolist()
+        bad = [f"{names[i]} ({values[i]})" for i in range(len(names)) if not bool(finite[i])]
+        raise NonFiniteLossError(
+            f"non-finite {stage} loss at epoch {int(self.current_epoch)}, batch {batch_idx}: "
+            f"{', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; stopped. "
+            "The last completed epoch is in last.ckpt; lower --optim.lr, or check these flows")
 
     def wants_figure(self, stage: str, batch_idx: int) -> bool:
         return False

@@ -1,9 +1,12 @@
 """Safe checkpoint reading.
 
-Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain Python values
-only, never code. A file that needs arbitrary unpickling (the authors' PyTorch Lightning 1.2
-checkpoints pickle class objects) is refused unless the caller opts in explicitly, and
-``python -m Models.convert_checkpoint OLD NEW`` turns it into one that loads safely.
+Every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain Python values
+only, never code. The authors' PyTorch Lightning 1.2 checkpoints also hold class *references*
+(``callbacks`` is keyed by the ``ModelCheckpoint`` class); those few names are on an explicit
+allow-list (:data:`LEGACY_GLOBALS`) and are read as inert stand-ins that cannot be called, so the
+authors' files load without arbitrary unpickling. A file that references anything else is
+refused with the names it references, unless the caller opts in (``trust=True``,
+``--trust_checkpoint`` on the command lines), which unpickles it in full.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import torch
@@ -19,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 TRUST_HINT = (
     "Only if you trust where it came from, load it with --trust_checkpoint (in Python: "
-    "load_from_checkpoint(path, weights_only=False)), or convert it once with "
-    "`python -m Models.convert_checkpoint OLD.ckpt NEW.ckpt`, which writes a checkpoint that loads safely."
+    "load_from_checkpoint(path, weights_only=False)), which runs whatever code it holds; "
+    "`python -m Models.convert_checkpoint --trust_checkpoint OLD.ckpt NEW.ckpt` does so once and writes "
+    "a checkpoint that loads safely ever after."
 )
+
+#: the pickle stream of torch's legacy (non-zip) format starts with this number
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class CheckpointError(ValueError):
@@ -29,36 +37,146 @@ class CheckpointError(ValueError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """The checkpoint needs arbitrary unpickling and the caller did not allow it."""
+    """The checkpoint references Python objects outside the allow-list and the caller did not
+    allow arbitrary unpickling."""
+
+
+class LegacyClassReference:
+    """Stands for a class object that a legacy checkpoint pickles by name (PL 1.2 keys its
+    ``callbacks`` dict by the callback's class). Only the name is kept; it can never be
+    instantiated, so a crafted file cannot make the unpickler call it."""
+
+    qualified_name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any):  # REDUCE / NEWOBJ on a stand-in
+        raise pickle.UnpicklingError(f"{cls.qualified_name} is only allowed as a class reference in a "
+                                     "checkpoint, never called")
+
+
+def _stand_in(qualified_name: str) -> type:
+    return type(qualified_name.rsplit(".", 1)[-1], (LegacyClassReference,), {"qualified_name": qualified_name})
+
+
+#: the class references PyTorch Lightning 1.2.x writes into its checkpoints (the callbacks keys)
+LEGACY_GLOBALS: tuple[str, ...] = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+)
+_STAND_INS = {name: _stand_in(name) for name in LEGACY_GLOBALS}
+
+
+def _plain_keys(obj: Any) -> Any:
+    """Replace stand-in class keys by their qualified names (strings)."""
+    if isinstance(obj, dict):
+        return type(obj)((k.qualified_name if isinstance(k, type) and issubclass(k, LegacyClassReference) else k,
+                          _plain_keys(v)) for k, v in obj.items())
+    return obj
+
+
+def file_kind(path: str) -> str:
+    """'zip' (torch.save's format), 'legacy' (torch's pre-1.6 format) or a short description of
+    what else the file looks like."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        return "an empty file"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("data.pkl") for n in z.namelist()):
+                return "zip"
+        return "a zip archive that is not a torch.save file (no data.pkl)"
+    if head.startswith(b"\x80") and _LEGACY_MAGIC.to_bytes(10, "little") in head[:16]:
+        return "legacy"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array"
+    if head.startswith(b"\x80"):
+        return "a plain Python pickle, not a torch.save file"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8"):
+        return "an image"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"unrecognised binary data (starts with {head[:8]!r})"
+
+
+def unsafe_globals(path: str) -> list[str]:
+    """Names the checkpoint's pickle references that neither torch's weights-only loader nor
+    :data:`LEGACY_GLOBALS` allows (read without unpickling)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy format or damaged archive: the load itself reports it
+        return []
+    return [g for g in found if g not in _STAND_INS]
+
+
+def _safe_load(path: str, map_location: Any) -> Any:
+    with torch.serialization.safe_globals([(cls, name) for name, cls in _STAND_INS.items()]):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trust: bool = False) -> dict:
-    """Read a checkpoint dict; ``trust=True`` allows arbitrary unpickling (legacy files)."""
+    """Read a checkpoint dict, weights-only with the legacy allow-list; ``trust=True`` also
+    allows arbitrary unpickling for files that reference other Python objects."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
+    kind = file_kind(path)
+    if kind not in ("zip", "legacy"):
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint: it is {kind}")
+    others = unsafe_globals(path)
+    if others and not trust:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        raise UnsafeCheckpointError(
+            f"checkpoint {path!r} references Python objects outside the allow-list of a safe load: {shown}. "
+            f"{TRUST_HINT}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many kinds on junk; all mean "not loadable as is"
+        ckpt = None if others else _safe_load(path, map_location)
+    except Exception as err:  # torch raises many kinds on damaged files
         text = str(err)
-        needs_unpickling = isinstance(err, pickle.UnpicklingError) and (
-            "Weights only load failed" in text or "Unsupported global" in text)
-        if not needs_unpickling:
-            first = (text.splitlines() or [""])[0][:200]
+        unsupported = isinstance(err, pickle.UnpicklingError) and "Unsupported global" in text
+        if unsupported and not trust:
+            found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln][:1]
+            what = f": {found[0][:200]}" if found else ""
+            raise UnsafeCheckpointError(f"checkpoint {path!r} references Python objects outside the allow-list "
+                                        f"of a safe load{what}. {TRUST_HINT}") from None
+        if not trust:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            # torch's weights-only errors put the cause on their last line
+            cause = (lines[-1] if "Weights only load failed" in text and lines else (lines or [""])[0])[:200]
+            raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: "
+                                  f"{type(err).__name__}: {cause}") from None
+        ckpt = None
+    if ckpt is None or others:
+        logger.warning("loading %s with arbitrary unpickling, as explicitly allowed (--trust_checkpoint)", path)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            first = (str(err).splitlines() or [""])[0][:200]
             raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: "
                                   f"{type(err).__name__}: {first}") from None
-        if not trust:
-            found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln][:1]
-            what = f" ({found[0][:200]})" if found else ""
-            raise UnsafeCheckpointError(
-                f"checkpoint {path!r} holds pickled Python objects that a safe (weights-only) load refuses"
-                f"{what}. {TRUST_HINT}") from None
-        logger.warning("loading %s with arbitrary unpickling, as explicitly allowed", path)
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path!r} is not a model checkpoint: no 'state_dict' (found {keys})")
-    return ckpt
+    return _plain_keys(ckpt)
+
+
+def check_resume_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse, before Lightning reads it, a resume file that is not a checkpoint or that references
+    Python objects a weights-only load refuses (Lightning resumes with ``weights_only=True``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--ckpt_path {path!r} does not exist or is not a file")
+    kind = file_kind(path)
+    if kind != "zip":
+        raise CheckpointError(f"--ckpt_path {path!r} is not a checkpoint this version can resume: it is "
+                              f"{'a legacy-format torch file' if kind == 'legacy' else kind}")
+    found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
+    if found:
+        raise UnsafeCheckpointError(
+            f"--ckpt_path {path!r} references Python objects a weights-only load refuses: {', '.join(found[:8])}. "
+            "Resuming reads only tensors and plain data; fine-tune from its weights with --init_ckpt instead "
+            "(add --trust_checkpoint only for a file you trust)")
 
 
 def sanitise_for_safe_load(ckpt: dict) -> dict:
@@ -81,6 +199,8 @@ def sanitise_for_safe_load(ckpt: dict) -> dict:
             out[key] = {k: v for k, v in value.items()}  # OrderedDict → dict
         elif key == "hyper_parameters":
             out[key] = {k: v for k, v in dict(value).items() if plain(v)}
+        elif key == "callbacks":
+            logger.info("dropping checkpoint entry 'callbacks' (another Lightning version's callback states)")
         elif plain(value):
             out[key] = value
         else:

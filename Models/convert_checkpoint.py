@@ -1,9 +1,12 @@
-"""Convert a checkpoint that needs arbitrary unpickling (e.g. the authors' PyTorch Lightning 1.2
-files) into one that loads with ``weights_only=True`` and predicts identically.
+"""Convert a checkpoint (e.g. the authors' PyTorch Lightning 1.2 files) into one that loads with a
+plain ``torch.load(weights_only=True)`` and predicts identically.
 
     python -m Models.convert_checkpoint OLD.ckpt NEW.ckpt
+    python -m Models.convert_checkpoint --trust_checkpoint OLD.ckpt NEW.ckpt   # a file you trust
 
-Only run this on a file you trust: reading OLD unpickles whatever it holds.
+OLD is read weights-only with the allow-list of ``Models.checkpoint_io`` (the authors' files pass);
+a file referencing other Python objects is refused unless ``--trust_checkpoint`` is given, which
+unpickles it in full (it can run code: only for a file you trust).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 
 import torch
 
-from Models.checkpoint_io import read_checkpoint, sanitise_for_safe_load
+from Models.checkpoint_io import CheckpointError, read_checkpoint, sanitise_for_safe_load
 from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -24,15 +27,17 @@ logger = logging.getLogger(__name__)
 INFERENCE_KEYS = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
 
 
-def convert_checkpoint(src: str, dst: str, overwrite: bool = False, inference_only: bool = False) -> dict:
-    """Read ``src`` (trusted), keep its weights, hyperparameters and training counters, write ``dst``.
+def convert_checkpoint(src: str, dst: str, overwrite: bool = False, inference_only: bool = False,
+                       trust: bool = False) -> dict:
+    """Read ``src`` (arbitrary unpickling only with ``trust``), keep its weights, hyperparameters and
+    training counters, write ``dst``.
 
     ``inference_only`` also drops the optimiser and loop states (a third of the size with Adam):
     the result predicts identically but cannot resume training.
     """
     if os.path.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst!r} exists; pass --overwrite to replace it")
-    ckpt = sanitise_for_safe_load(read_checkpoint(src, trust=True))
+    ckpt = sanitise_for_safe_load(read_checkpoint(src, trust=trust))
     if inference_only:
         ckpt = {k: v for k, v in ckpt.items() if k in INFERENCE_KEYS}
 
@@ -46,14 +51,20 @@ def convert_checkpoint(src: str, dst: str, overwrite: bool = False, inference_on
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="checkpoint to convert (trusted)")
+    parser.add_argument("src", help="checkpoint to convert")
     parser.add_argument("dst", help="where to write the safe checkpoint")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--inference_only", action="store_true",
                         help="keep only weights and hyperparameters (smaller; cannot resume training)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow SRC to reference any Python object (full unpickling: it can run code)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ckpt = convert_checkpoint(args.src, args.dst, args.overwrite, args.inference_only)
+    try:
+        ckpt = convert_checkpoint(args.src, args.dst, args.overwrite, args.inference_only, args.trust_checkpoint)
+    except (CheckpointError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.dst}: {len(ckpt['state_dict'])} tensors, keys {sorted(ckpt)}")
     return 0
 

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 TAG_FLOAT = 202021.25
 MAX_FLOW_SIDE = 100_000
+#: largest |u| or |v| accepted, in pixels: far beyond any real motion (frames are at most
+#: MAX_FLOW_SIDE wide), while Middlebury marks unknown flow with 1e9 and a scaled or corrupt file
+#: holds values whose squares overflow float32 and turn every later loss into NaN
+MAX_FLOW_MAGNITUDE = 1e5
 FILE_TYPES: tuple[str, ...] = ("Flow", "Image", "GtMask", "FlowRGB")
 
 __all__ = [
@@ -72,6 +76,10 @@ def _check_flow_array(path: str, flow: np.ndarray) -> np.ndarray:
     flow = flow.astype(np.float32, copy=False)
     if not np.isfinite(flow).all():
         raise DataFileError(path, "contains NaN or inf")
+    peak = float(np.abs(flow).max())
+    if peak > MAX_FLOW_MAGNITUDE:
+        raise DataFileError(path, f"implausible flow: a vector component of {peak:.3g} px (at most "
+                                  f"{MAX_FLOW_MAGNITUDE:.0e} accepted; 1e9 marks unknown flow in Middlebury files)")
     return flow
 
 
@@ -117,7 +125,8 @@ def read_flow(path: str | os.PathLike) -> np.ndarray:
     """Read and validate a flow file: Middlebury .flo or .npy (H, W, 2) → float32 (H, W, 2).
 
     Raises :class:`DataFileError` for a missing file, a bad magic number, an illegal size, a
-    truncated (or over-long) file, NaN/inf values or a wrong shape.
+    truncated (or over-long) file, NaN/inf values, implausible values (a component above
+    :data:`MAX_FLOW_MAGNITUDE` px) or a wrong shape.
     """
     path = os.fspath(path)
     if path.lower().endswith(".npy"):
@@ -309,9 +318,19 @@ def _read_csv(data_path: str) -> pd.DataFrame:
     if not os.path.isfile(data_path):
         raise FileNotFoundError(f"DataSplit CSV not found: {data_path}")
     try:
-        return pd.read_csv(data_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(data_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise ValueError(f"DataSplit CSV {data_path} is empty (no header row)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"DataSplit CSV {data_path} cannot be parsed: {' '.join(str(err).split())[:200]}") from None
+    named = [c for c in df.columns if str(c).strip() in FILE_TYPES]
+    looks_like_paths = [c for c in df.columns if os.path.splitext(str(c).strip())[1].lower()
+                        in (".flo", ".npy", ".png", ".jpg", ".jpeg")]
+    if not named and looks_like_paths:
+        first_line = ",".join(map(str, df.columns))[:120]
+        raise ValueError(f"DataSplit CSV {data_path} has no header row: its first line ({first_line}) holds paths; "
+                         f"add a first line naming the columns, e.g. {','.join(FILE_TYPES[:3])}")
+    return df
 
 
 class CsvDataset(Dataset):
@@ -370,6 +389,14 @@ class CsvDataset(Dataset):
         self.columns: list[str] = [r for r in request if r in df.columns]
         if not self.columns:
             raise ValueError(f"none of the requested columns {request} is in {self.data_path}")
+        dup = df[self.columns].duplicated(keep="first")
+        if dup.any():
+            first = df[self.columns].drop_duplicates(keep="first")
+            shown = [f"row {i} repeats row {first.index[(first == df.loc[i, self.columns]).all(axis=1)][0]}"
+                     for i in df.index[dup][:3]]
+            logger.warning("DataSplit CSV %s has %d duplicate row(s) (%s%s): each copy is used as a separate "
+                           "sample", self.data_path, int(dup.sum()), "; ".join(shown), " …" if dup.sum() > 3 else "")
+        self.duplicate_rows = [int(i) for i in df.index[dup]]
         rows = df[self.columns].iloc[:: self.subsample]
         self.indices: list[int] = [int(i) for i in rows.index]
         self.rows: list[dict[str, str]] = rows.to_dict("records")

@@ -9,13 +9,24 @@ Conventions (shared with ``model_eval.py --save_npy``):
   ``{model_base_dir}/DAVIS/Flows/bear/00000_proba.npy``.
 - Ground truth: foreground is every value > 0, whatever the image mode (palette PNGs included; for
   multi-channel masks any colour channel > 0).
+- Paths never leave ``model_base_dir``: a leading ``/`` is dropped and a ``..`` component becomes
+  ``_up_`` (``../Flows/a/0.flo`` → ``{model_base_dir}/_up_/Flows/a/0_proba.npy``).
+- ``model_eval.py --save_npy`` records each prediction in ``predictions_{step}.tsv`` (the
+  *manifest*): the file, the SHA-256 of its bytes, of the flow it was computed from and of the
+  model, and its shape. Where a manifest exists, a prediction it does not list, or whose bytes,
+  flow, model or shape disagree with it, is refused as not belonging to this evaluation.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
+import hashlib
+import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -31,12 +42,15 @@ class DataLoadingError(ValueError):
     """An input (file or row) that cannot be used; the message names the file."""
 
 
+UP = "_up_"
+
+
 def relative_key(path: str | os.PathLike) -> PurePath:
-    """A path as written in a DataSplit, made relative (an absolute path loses its anchor)."""
+    """A path as written in a DataSplit, made relative and kept below the folder it is joined to:
+    an absolute path loses its anchor, ``.`` components go and ``..`` ones become ``_up_``."""
     p = PurePath(str(path))
-    if p.anchor:
-        p = PurePath(*p.parts[1:])
-    return p
+    parts = p.parts[1:] if p.anchor else p.parts
+    return PurePath(*[UP if part == ".." else part for part in parts if part not in (".", "")])
 
 
 def without_ext(path: str | os.PathLike) -> PurePath:
@@ -109,8 +123,9 @@ def prediction_path(model_base_dir: str | os.PathLike, flow_path: str) -> Path:
 def load_proba(path: str | os.PathLike) -> np.ndarray:
     """Load saved probabilities → float32 (L, I, J).
 
-    Raises DataLoadingError (naming the file) when it cannot be read, is not numeric, has the
-    wrong number of dimensions or holds non-finite values.
+    Raises DataLoadingError (naming the file) when it cannot be read, is not a floating-point
+    array (integer masks are not probabilities), has the wrong number of dimensions, or holds
+    non-finite values or values outside [0, 1].
     """
     try:
         arr = np.load(path, allow_pickle=False)
@@ -120,14 +135,89 @@ def load_proba(path: str | os.PathLike) -> np.ndarray:
         raise DataLoadingError(f"{path} is not a single .npy array")
     if arr.ndim != 3:
         raise DataLoadingError(f"{path} has shape {arr.shape}; expected probabilities (L, I, J)")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataLoadingError(f"{path} has dtype {arr.dtype}; expected real probabilities")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataLoadingError(f"{path} has dtype {arr.dtype}; expected floating-point probabilities")
     if min(arr.shape) == 0:
         raise DataLoadingError(f"{path} has an empty shape {arr.shape}")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise DataLoadingError(f"{path} holds non-finite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -PROBA_TOLERANCE or hi > 1 + PROBA_TOLERANCE:
+        raise DataLoadingError(f"{path} holds values in [{lo:.4g}, {hi:.4g}]; expected probabilities in [0, 1]")
     return arr
+
+
+#: slack on [0, 1] (float16 files round to about 1e-3)
+PROBA_TOLERANCE = 1e-2
+
+
+def check_proba_shape(proba: np.ndarray, gt_shape: tuple[int, int], path: str | os.PathLike) -> None:
+    """Refuse probabilities (L, I, J) laid out (L, J, I): their I/J is the ground truth's (H, W)
+    aspect inverted. Any other size is resized to the ground truth when scored."""
+    _, i, j = proba.shape
+    h, w = gt_shape
+    if (i, j) == (h, w) or i == j or h == w:
+        return
+    straight = abs(np.log(i / j) - np.log(h / w))
+    swapped = abs(np.log(j / i) - np.log(h / w))
+    if swapped < straight:
+        raise DataLoadingError(f"{path} has shape {proba.shape}, transposed against the ground truth {gt_shape}: "
+                               "expected (L, I, J) with I/J the frame's height/width")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+MANIFEST_COLUMNS = ("proba_file", "flow_file", "proba_sha256", "flow_sha256", "model_sha256", "shape")
+MANIFEST_PATTERN = "predictions_*.tsv"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    proba_file: str
+    flow_file: str
+    proba_sha256: str
+    flow_sha256: str
+    model_sha256: str
+    shape: tuple[int, ...]
+
+
+def read_manifest(model_base_dir: str | os.PathLike) -> dict[str, ManifestEntry] | None:
+    """Every manifest of ``model_base_dir`` (``predictions_*.tsv``, per-process parts included) as
+    ``{proba_file: entry}``, later lines winning; None when there is none. A torn last line
+    (an interrupted write) is ignored."""
+    paths = sorted(glob.glob(os.path.join(os.fspath(model_base_dir), MANIFEST_PATTERN)))
+    if not paths:
+        return None
+    entries: dict[str, ManifestEntry] = {}
+    for path in paths:
+        with open(path, newline="") as fh:
+            text = fh.read()
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        for rec in csv.DictReader(complete.splitlines(), delimiter="\t"):
+            try:
+                shape = tuple(int(x) for x in rec["shape"].split("x"))
+                entries[rec["proba_file"]] = ManifestEntry(rec["proba_file"], rec["flow_file"], rec["proba_sha256"],
+                                                           rec["flow_sha256"], rec["model_sha256"], shape)
+            except (KeyError, ValueError, AttributeError):
+                logger.warning("%s: ignoring a malformed line %s", path, rec)
+    return entries
+
+
+def recorded_model(model_base_dir: str | os.PathLike) -> str | None:
+    """The model hash of the last ``model_eval.py`` run into ``model_base_dir`` (its eval_settings.json)."""
+    path = os.path.join(os.fspath(model_base_dir), "eval_settings.json")
+    try:
+        with open(path) as fh:
+            return json.load(fh).get("identity", {}).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_gt(path: str | os.PathLike) -> np.ndarray:
@@ -180,6 +270,12 @@ class DataLoadingModule:
             raise FileNotFoundError(f"--data_base_dir is not a directory: {self.data_base_dir}")
         if not self.model_base_dir.is_dir():
             raise FileNotFoundError(f"--model_base_dir is not a directory: {self.model_base_dir}")
+        self.manifest = read_manifest(self.model_base_dir)
+        self.model_sha256 = recorded_model(self.model_base_dir)
+        if self.manifest is None:
+            logger.warning("%s has no predictions manifest (%s, written by model_eval.py --save_npy): cannot "
+                           "check that its predictions come from this model and these flows", self.model_base_dir,
+                           MANIFEST_PATTERN)
 
     def data_path(self, rel: str) -> Path:
         """A DataSplit path resolved against the data base directory (absolute paths are kept)."""
@@ -189,8 +285,31 @@ class DataLoadingModule:
         return prediction_path(self.model_base_dir, row["Flow"])
 
     def load_proba(self, row: pd.Series | dict) -> np.ndarray:
-        """The row's probabilities, float32 (L, I, J)."""
-        return load_proba(self.prediction_path(row))
+        """The row's probabilities, float32 (L, I, J), checked against the manifest when there is one."""
+        path = self.prediction_path(row)
+        proba = load_proba(path)
+        if self.manifest is not None:
+            self.check_belongs(row, path, proba)
+        return proba
+
+    def check_belongs(self, row: pd.Series | dict, path: Path, proba: np.ndarray) -> None:
+        """Raise DataLoadingError unless the manifest records ``path`` as computed by this model
+        from this row's flow, with these bytes and this shape."""
+        rel = path.relative_to(self.model_base_dir).as_posix()
+        entry = self.manifest.get(rel) if self.manifest is not None else None
+        if entry is None:
+            raise DataLoadingError(f"{path} is not in the predictions manifest of {self.model_base_dir} "
+                                   "(left by an earlier run?): not scored")
+        if file_sha256(path) != entry.proba_sha256:
+            raise DataLoadingError(f"{path} changed after model_eval.py wrote it (its SHA-256 is not the manifest's)")
+        if self.model_sha256 is not None and entry.model_sha256 != self.model_sha256:
+            raise DataLoadingError(f"{path} was written by another model ({entry.model_sha256[:12]}) than the last "
+                                   f"run's ({self.model_sha256[:12]}, eval_settings.json): stale")
+        flow = self.data_path(row["Flow"])
+        if not flow.is_file() or file_sha256(flow) != entry.flow_sha256:
+            raise DataLoadingError(f"{path} was computed from another flow than {flow} (SHA-256 differs): stale")
+        if tuple(proba.shape) != entry.shape:
+            raise DataLoadingError(f"{path} has shape {proba.shape}; the manifest records {entry.shape}")
 
     def load_gt(self, row: pd.Series | dict) -> np.ndarray:
         """The row's ground truth, bool (H, W)."""

@@ -37,6 +37,7 @@ from evaluationmodule.BinarisationModule import BINARY_METHODS, BinarisationModu
 from evaluationmodule.DataLoadingModule import (
     DataLoadingError,
     DataLoadingModule,
+    check_proba_shape,
     natural_key,
     read_split,
     resolve_data_file,
@@ -398,6 +399,7 @@ class _RowEvaluator:
         try:
             proba = self.loader.load_proba(row)
             gt = self.loader.load_gt(row)
+            check_proba_shape(proba, gt.shape, pred_path)
             fs = self.scorer.score(proba, gt)
         except Exception as e:  # recorded and counted, never dropped; the reason names the file
             rec["status"] = f"error: {_short_reason(e)}"

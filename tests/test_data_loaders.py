@@ -39,6 +39,10 @@ def test_write_flow_round_trips_bit_exactly_with_flowiz(tmp_path):
     back = flowiz.read_flow(str(p))
     assert back.shape == (7, 11, 2)
     np.testing.assert_array_equal(back.view(np.uint32), flow.view(np.uint32))
+    with pytest.raises(DataFileError, match="implausible flow"):  # 1e30 and 3.4e38 px are no motion
+        read_flow(p)
+    flow[0, 0, 1], flow[0, 1, 1] = 99999.0, -99999.0
+    write_flow(p, flow)
     np.testing.assert_array_equal(read_flow(p).view(np.uint32), flow.view(np.uint32))
 
 

@@ -35,11 +35,18 @@ def test_state_dict_layout_matches_authors(legacy):
     assert torch.equal(model.XoT, legacy["state_dict"]["XoT"])
 
 
-def test_legacy_checkpoint_needs_opt_in_and_predicts_like_authors():
+def test_legacy_checkpoint_loads_safely_and_predicts_like_authors(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('code ran')",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Payload()}, evil)
     with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint") as err:
-        MethodeB.load_from_checkpoint(LEGACY)
-    assert "convert_checkpoint" in str(err.value)
-    model = MethodeB.load_from_checkpoint(LEGACY, weights_only=False).eval()
+        MethodeB.load_from_checkpoint(str(evil))
+    assert "convert_checkpoint" in str(err.value) and "builtins.exec" in str(err.value)
+    # the authors' file needs no opt-in: its class references are on the allow-list
+    model = MethodeB.load_from_checkpoint(LEGACY).eval()
     flow = torch.tensor(np.load(os.path.join(DATA, "blackswan_flow_128x224.npy")))
     ref = np.load(os.path.join(DATA, "blackswan_pred_legacy_small.npy"))
     with torch.no_grad():
@@ -78,7 +85,7 @@ def test_bad_checkpoints_say_what_is_wrong(tmp_path):
         MethodeB.load_from_checkpoint(str(tmp_path / "missing.ckpt"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint: it is a text file"):
         MethodeB.load_from_checkpoint(str(junk))
     weights_only = tmp_path / "weights.pt"
     torch.save({"layer.weight": torch.zeros(2)}, weights_only)

@@ -38,8 +38,8 @@ def test_demo_defaults_only_fill_what_the_user_did_not_set():
     mine = parse_args(["--unet.num_layers", "5", "--max_epochs", "1"])
     assert getattr(mine, "unet.num_layers") == 5 and mine.max_epochs == 1
     assert getattr(mine, "unet.features_start") == DEMO_DEFAULTS["unet.features_start"]
-    real = parse_args(["--data_file", "DataSplit/Exp6_Split", "--image_size", "64", "112"])
-    assert not real.demo and real.max_epochs == PAPER_MAX_EPOCHS and real.img_size == [64, 112]
+    real = parse_args(["--data_file", "DataSplit/Exp6_Split", "--image_size", "128", "256"])
+    assert not real.demo and real.max_epochs == PAPER_MAX_EPOCHS and real.img_size == [128, 256]
     assert getattr(real, "unet.num_layers") == 7  # the paper's network unless told otherwise
 
 

@@ -8,11 +8,17 @@ Per step (``test``, ``val``) it writes under ``--save_dir``:
   overall means over frames and over sequences, each row labelled;
 - with ``--save_npy`` ``{Flow path without extension}_proba.npy`` (L × I × J float32), with
   ``--save_mask`` ``..._binary.png`` (0/255), with ``--draw_figs`` ``..._fig.png``, mirroring
-  the DataSplit's relative paths.
+  the DataSplit's relative paths, always inside ``--save_dir`` (``..`` → ``_up_``); two rows whose
+  outputs would share a name are refused;
+- with ``--save_npy`` the manifest ``predictions_{step}.tsv``: per prediction the SHA-256 of its
+  bytes, of its flow file and of the model, which ``evaluationmodule.Evaluation`` checks;
+- ``eval_settings.json``: the settings, and the identity of the model (checkpoint SHA-256).
 
 Rows are appended (and fsync'ed) per batch to one part file per process, so a crash loses at
-most the batch in flight; ``--resume`` skips frames whose row and files are complete. The part
-files are merged and de-duplicated at the end (the distributed sampler pads with repeats).
+most the batch in flight; ``--resume`` skips frames whose row and files are complete, after
+checking that the model is the one that wrote them and that each row is still the same frame of
+the CSV. The part files are merged and de-duplicated at the end (the distributed sampler pads
+with repeats). A run without ``--resume`` first removes the step's earlier outputs.
 """
 
 from __future__ import annotations
@@ -29,16 +35,25 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Subset
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule, collate_skipping
-from evaluationmodule.SaveModule import write_mask_png, write_npy
+from evaluationmodule.DataLoadingModule import MANIFEST_COLUMNS, file_sha256, without_ext
+from evaluationmodule.SaveModule import write_mask_png
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
-from utils.atomic_io import atomic_write_text
+from utils.atomic_io import atomic_write, atomic_write_text
 from utils.figures import frame_figure, save_figure
 from utils.quiet_logs import quiet_library_logs
 from utils.results import RESULT_COLUMNS, RunLock, append_rows, atomic_write_json, read_rows, rewrite_rows
+from utils.run_checks import (
+    ConfigError,
+    check_cuda,
+    check_img_size,
+    check_positive,
+    check_writable_dir,
+    warn_single_mask,
+)
 from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
-from utils.training import explicit_flags
+from utils.training import explicit_flags, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +94,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.explicit = explicit_flags(parser, argv)
     if args.model == "MethodeB" and args.ckpt is None:
         parser.error("--ckpt is required for MethodeB (or use --model ClassicalEM)")
+    try:
+        check_positive(vars(args), {"batch_size": "--batch_size", "nAffineMasks": "--nAffineMasks/-L",
+                                    "em_iterations": "--em_iterations"})
+        if args.num_workers < 0:
+            raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
+        check_img_size(args.img_size)
+        check_cuda(args.accelerator)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.model == "ClassicalEM":
+        warn_single_mask(args.nAffineMasks)
     return args
 
 
@@ -97,19 +123,90 @@ def sequence_of(path: str) -> str:
 
 
 def output_stem(save_dir: str, flow_rel: str) -> str:
-    """``save_dir/{flow path without extension}``; absolute CSV paths lose their leading '/'."""
-    return os.path.join(save_dir, os.path.splitext(flow_rel.lstrip("/\\"))[0])
+    """``save_dir/{flow path without extension}``, always inside ``save_dir``: absolute CSV paths
+    lose their leading '/', ``..`` becomes ``_up_`` (the mapping Evaluation reads back)."""
+    return os.path.join(save_dir, str(without_ext(flow_rel)))
+
+
+def model_identity(args: argparse.Namespace, model: pl.LightningModule) -> dict[str, Any]:
+    """What makes two evaluations' per-frame outputs comparable: the model (its checkpoint's
+    SHA-256, or ClassicalEM's settings), the input size and the binarisation."""
+    import hashlib
+    import json
+
+    if args.model == "ClassicalEM":
+        hp = {k: model.hparams.get(k) for k in ("nAffineMasks", "param_model", "v_distance", "em_iterations")}
+        digest = hashlib.sha256(("ClassicalEM" + json.dumps(hp, sort_keys=True)).encode()).hexdigest()
+    else:
+        digest = file_sha256(args.ckpt)
+    return {"model": args.model, "model_sha256": digest, "img_size": [int(s) for s in model.hparams["img_size"]],
+            "binary_method": model.binary_method, "flow_normalisation": args.flow_normalisation}
+
+
+def check_resume_identity(save_dir: str, identity: dict[str, Any]) -> None:
+    """``--resume`` continues only the evaluation of the same model at the same settings."""
+    import json
+
+    path = os.path.join(save_dir, "eval_settings.json")
+    try:
+        with open(path) as fh:
+            old = json.load(fh).get("identity")
+    except FileNotFoundError:
+        return  # nothing evaluated yet: --resume starts from the beginning
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume: cannot read {path} ({err}); drop --resume to evaluate afresh") from None
+    if old is None:
+        raise ConfigError(f"--resume: {path} does not record which model wrote {save_dir}; drop --resume to "
+                          "evaluate afresh")
+    differ = [k for k in identity if old.get(k) != identity[k]]
+    if differ:
+        shown = "; ".join(f"{k}: {str(old.get(k))[:16]} then, {str(identity[k])[:16]} now" for k in differ)
+        raise ConfigError(f"--resume: {save_dir} was evaluated with another model or settings ({shown}); drop "
+                          "--resume to evaluate afresh, or choose another --save_dir")
+
+
+def check_output_names(dataset, save_dir: str) -> None:
+    """Two rows whose flows differ but whose outputs would share a name (``a/0.flo`` and ``a/0.npy``)
+    would overwrite each other: refused, naming both."""
+    seen: dict[str, tuple[int, str]] = {}
+    for index, row in zip(dataset.indices, dataset.rows):
+        flow = str(row["Flow"]).strip()
+        stem = output_stem(save_dir, flow)
+        if stem in seen and seen[stem][1] != flow:
+            i, other = seen[stem]
+            raise ConfigError(f"{dataset.data_path}: rows {i} ({other}) and {index} ({flow}) would both write "
+                              f"{stem}_proba.npy/_binary.png/_fig.png; rename one of the flow files")
+        seen.setdefault(stem, (index, flow))
 
 
 class FrameOutputWriter(pl.Callback):
     """Writes each test batch's per-frame files and appends its rows to this process's part file."""
 
-    def __init__(self, save_dir: str, step: str, draw_figs: bool, save_npy: bool, save_mask: bool) -> None:
+    def __init__(self, save_dir: str, step: str, draw_figs: bool, save_npy: bool, save_mask: bool,
+                 base_dir: str = "", model_sha256: str = "") -> None:
         self.save_dir, self.step = save_dir, step
         self.draw_figs, self.save_npy, self.save_mask = draw_figs, save_npy, save_mask
+        self.base_dir, self.model_sha256 = base_dir, model_sha256
 
     def part_path(self, rank: int) -> str:
         return os.path.join(self.save_dir, f"results_{self.step}.part{rank}.csv")
+
+    def manifest_part(self, rank: int) -> str:
+        return os.path.join(self.save_dir, f"predictions_{self.step}.part{rank}.tsv")
+
+    def write_prediction(self, proba: np.ndarray, path: str, flow_rel: str) -> dict:
+        """Write the .npy and return its manifest line (hashes of its bytes, its flow, the model)."""
+        import hashlib
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, proba)
+        data = buf.getvalue()
+        atomic_write(path, lambda p: p.write_bytes(data))
+        return {"proba_file": os.path.relpath(path, self.save_dir).replace(os.sep, "/"), "flow_file": flow_rel,
+                "proba_sha256": hashlib.sha256(data).hexdigest(),
+                "flow_sha256": file_sha256(os.path.join(self.base_dir, flow_rel)),
+                "model_sha256": self.model_sha256, "shape": "x".join(map(str, proba.shape))}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not isinstance(outputs, dict) or "FrameRows" not in outputs:
@@ -117,11 +214,13 @@ class FrameOutputWriter(pl.Callback):
         rows = outputs["FrameRows"]
         pred = outputs["Pred"].detach().float().cpu()
         mask = outputs["PredMask"].detach().cpu()
+        manifest = []
         for i, row in enumerate(rows):
             stem = output_stem(self.save_dir, row["file_name"])
             os.makedirs(os.path.dirname(stem), exist_ok=True)
             if self.save_npy:
-                write_npy(pred[i].numpy().astype(np.float32), f"{stem}_proba.npy")
+                manifest.append(self.write_prediction(pred[i].numpy().astype(np.float32), f"{stem}_proba.npy",
+                                                      row["file_name"]))
             if self.save_mask:
                 write_mask_png(mask[i].numpy(), f"{stem}_binary.png")
             if self.draw_figs:
@@ -130,7 +229,40 @@ class FrameOutputWriter(pl.Callback):
                 jacc = row["jaccs"] if row["jaccs"] != "" else None
                 save_figure(frame_figure(sample, title=row["file_name"], jacc=jacc, argmax=True), f"{stem}_fig.png")
             row["sequence"] = sequence_of(row["file_name"])
+        # the manifest first: a row on disk always has its prediction recorded
+        append_tsv(self.manifest_part(trainer.global_rank), manifest, MANIFEST_COLUMNS)
         append_rows(self.part_path(trainer.global_rank), rows, EVAL_COLUMNS)
+
+
+def append_tsv(path: str, rows: list[dict], columns) -> None:
+    """Append tab-separated rows (header first if new), fsync'ed like the results."""
+    if not rows:
+        return
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as fh:
+        if new:
+            fh.write("\t".join(columns) + "\n")
+        fh.write("".join("\t".join(str(r[c]) for c in columns) + "\n" for r in rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def merge_manifest(save_dir: str, step: str) -> None:
+    """Fold the per-process manifest parts into ``predictions_{step}.tsv`` (later lines win)."""
+    final = os.path.join(save_dir, f"predictions_{step}.tsv")
+    parts = sorted(glob.glob(os.path.join(save_dir, f"predictions_{step}.part*.tsv")))
+    if not parts:
+        return
+    lines: dict[str, str] = {}
+    for path in ([final] if os.path.exists(final) else []) + parts:
+        with open(path) as fh:
+            text = fh.read()
+        for line in text[: text.rfind("\n") + 1].splitlines()[1:]:
+            lines[line.split("\t", 1)[0]] = line
+    atomic_write_text(final, "\t".join(MANIFEST_COLUMNS) + "\n" + "".join(v + "\n" for v in lines.values()),
+                      fsync=True)
+    for path in parts:
+        os.remove(path)
 
 
 def frame_complete(row: dict, save_dir: str, args: argparse.Namespace) -> bool:
@@ -140,14 +272,16 @@ def frame_complete(row: dict, save_dir: str, args: argparse.Namespace) -> bool:
     return all(os.path.exists(p) for p in needed)
 
 
-def collect_rows(save_dir: str, step: str) -> list[dict]:
-    """Rows of the final file and of every part file, one per frame index (the first seen)."""
+def collect_rows(save_dir: str, step: str, flow_at: dict[int, str] | None = None) -> list[dict]:
+    """Rows of the final file and of every part file, one per frame index (the first seen); with
+    ``flow_at`` (row index → the CSV's Flow there now) only rows that are still that frame."""
     rows = read_rows(os.path.join(save_dir, f"results_{step}.csv"))
     for part in sorted(glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv"))):
         rows += read_rows(part)
     seen: dict[int, dict] = {}
     for row in rows:
-        seen.setdefault(int(row["index"]), row)
+        if flow_at is None or flow_at.get(int(row["index"])) == row["file_name"]:
+            seen.setdefault(int(row["index"]), row)
     return [seen[k] for k in sorted(seen)]
 
 
@@ -178,20 +312,64 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args: argparse.Namespace) -> dict:
+def remove_step_outputs(save_dir: str, step: str, dataset) -> None:
+    """A fresh evaluation of ``step`` replaces the previous one: its tables, manifest and every
+    per-frame file it or this split would write, so that no earlier prediction survives to be
+    scored as if it came from this run."""
+    tables = [os.path.join(save_dir, f"results_{step}.csv"),
+              *glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv"))]
+    manifests = [p for p in [os.path.join(save_dir, f"predictions_{step}.tsv"),
+                             *glob.glob(os.path.join(save_dir, f"predictions_{step}.part*.tsv"))] if os.path.exists(p)]
+    stems = {output_stem(save_dir, str(row["Flow"]).strip()) for row in dataset.rows}
+    for path in manifests:
+        stems |= {os.path.join(save_dir, p)[: -len("_proba.npy")] for p in read_manifest_file(path)
+                  if p.endswith("_proba.npy") and not os.path.isabs(p) and ".." not in p.split("/")}
+    old = tables + manifests
+    n = 0
+    for stem in stems:
+        for suffix in ("_proba.npy", "_binary.png", "_fig.png"):
+            if os.path.exists(stem + suffix):
+                os.remove(stem + suffix)
+                n += 1
+    for path in old:
+        if os.path.exists(path):
+            os.remove(path)
+            n += 1
+    if n:
+        logger.info("%s: removed %d files of the previous evaluation (use --resume to continue it)", step, n)
+
+
+def read_manifest_file(path: str) -> list[str]:
+    with open(path) as fh:
+        text = fh.read()
+    return [line.split("\t", 1)[0] for line in text[: text.rfind("\n") + 1].splitlines()[1:] if line]
+
+
+def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args: argparse.Namespace,
+                  model_sha256: str = "") -> dict:
     save_dir = args.save_dir
     dataset = dm.setup_dataset(step)
     n_total = len(dataset)
+    if args.save_npy or args.save_mask or args.draw_figs:
+        check_output_names(dataset, save_dir)
+    # the CSV's frame at each row index now; a row on disk counts only if it is still that frame
+    flow_at = {index: str(row["Flow"]).strip() for index, row in zip(dataset.indices, dataset.rows)}
+    position = {index: i for i, index in enumerate(dataset.indices)}
     final_path = os.path.join(save_dir, f"results_{step}.csv")
     done: set[int] = set()
     if args.resume:
-        done = {int(r["index"]) for r in collect_rows(save_dir, step) if frame_complete(r, save_dir, args)}
+        rows = collect_rows(save_dir, step)
+        same = [r for r in rows if flow_at.get(int(r["index"])) == r["file_name"]]
+        if len(same) != len(rows):
+            logger.warning("%s: %d rows on disk no longer match the CSV's frame at their index (rows inserted or "
+                           "removed?): evaluated again", step, len(rows) - len(same))
+        done = {position[int(r["index"])] for r in same if frame_complete(r, save_dir, args)}
         logger.info("%s: resuming, %d of %d frames already complete", step, len(done), n_total)
-    elif os.path.exists(final_path) or glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv")):
-        for old in [final_path, *glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv"))]:
-            os.remove(old)  # a fresh evaluation replaces the old one (use --resume to continue it)
+    elif args.is_main:
+        remove_step_outputs(save_dir, step, dataset)
     todo = [i for i in range(n_total) if i not in done]
-    writer = FrameOutputWriter(save_dir, step, args.draw_figs, args.save_npy, args.save_mask)
+    writer = FrameOutputWriter(save_dir, step, args.draw_figs, args.save_npy, args.save_mask,
+                               base_dir=dm.base_dir, model_sha256=model_sha256)
     if todo:
         loader = DataLoader(Subset(dataset, todo), batch_size=dm.batch_size, shuffle=False,
                             num_workers=dm.num_workers, collate_fn=collate_skipping,
@@ -200,13 +378,21 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
         # inference_mode off: the Optim θ solver needs autograd even when evaluating
         trainer = pl.Trainer(logger=lg, callbacks=[writer], enable_checkpointing=False, inference_mode=False,
                              default_root_dir=save_dir, **trainer_kwargs(args))
-        trainer.test(model, dataloaders=loader, verbose=False)
+        try:
+            trainer.test(model, dataloaders=loader, verbose=False)
+        except (MemoryError, RuntimeError) as err:
+            if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+                raise
+            raise SystemExit(f"error: ran out of memory evaluating {step} with --batch_size {dm.batch_size}: lower "
+                             f"--batch_size (then --img_size); --resume continues from the frames already written. "
+                             f"({(str(err).splitlines() or [''])[0][:160]})") from None
         trainer.strategy.barrier("eval-parts-written")
         if not trainer.is_global_zero:
             return {}
-    rows = collect_rows(save_dir, step)
+    rows = collect_rows(save_dir, step, flow_at)
     for r in rows:
         r["step_label"] = step
+    merge_manifest(save_dir, step)
     rewrite_rows(final_path, rows, EVAL_COLUMNS)
     for part in glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv")):
         os.remove(part)
@@ -233,18 +419,27 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, dict]:
         model.binariser = BinarisationModule(args.binary_method_gen)
     model.test_outputs_need_parametric_flow = bool(args.draw_figs)
     img_size = args.img_size if "img_size" in args.explicit else model.hparams["img_size"]
+    if args.model == "MethodeB":
+        check_img_size(img_size, int(model.hparams["unet.num_layers"]))
+        warn_single_mask(model.L)
     inputs = list(model.hparams.get("inputs", ["Flow"]))
     dm = CsvDataModule.from_args(args, img_size=img_size, request=sorted(set(inputs) | {"Flow", "GtMask", "Image"}),
                                  optional_columns=tuple({"GtMask", "Image"} - set(inputs)),
                                  flow_augmentation="none", shuffle_fit=False)
-    os.makedirs(args.save_dir, exist_ok=True)
-    is_main = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    lock = RunLock(args.save_dir).acquire() if is_main else None
+    for step in args.steps:  # bad CSVs fail now, before anything is written
+        dm.setup_dataset(step)
+    args.is_main = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    identity = model_identity(args, model)
+    if args.resume:
+        check_resume_identity(args.save_dir, identity)
+    if args.is_main:
+        check_writable_dir(args.save_dir, "--save_dir")
+    lock = RunLock(args.save_dir).acquire() if args.is_main else None
     try:
-        if is_main:
-            atomic_write_json(os.path.join(args.save_dir, "eval_settings.json"),
-                              {k: v for k, v in vars(args).items() if k != "explicit"})
-        return {step: evaluate_step(model, dm, step, args) for step in args.steps}
+        if args.is_main:
+            settings = {k: v for k, v in vars(args).items() if k not in ("explicit", "is_main")}
+            atomic_write_json(os.path.join(args.save_dir, "eval_settings.json"), {**settings, "identity": identity})
+        return {step: evaluate_step(model, dm, step, args, identity["model_sha256"]) for step in args.steps}
     finally:
         if lock is not None:
             lock.release()

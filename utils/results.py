@@ -32,8 +32,30 @@ SKIP_COLUMNS = ["step_label", "index", "file_name", "reason"]
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON can hold it: NaN and ±inf → None (JSON has neither), tensors and
+    NumPy scalars → Python numbers, tuples → lists, any other object → its ``str``."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in (sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj)]
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        obj = obj.item()
+    if hasattr(obj, "item") and type(obj).__module__ == "numpy":
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
+
+
 def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", fsync=True)
+    """Strict JSON (``allow_nan=False``: a NaN is written as null), written then renamed."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(path, text + "\n", fsync=True)
 
 
 def append_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -94,8 +116,10 @@ class RunLock:
                 pid = self._owner()
                 if pid is not None and _alive(pid):
                     raise RunLockError(
-                        f"{os.path.dirname(self.path)!r} is in use by another run (pid {pid}); "
-                        f"choose another --path_save_model / --save_dir, or wait for it to finish") from None
+                        f"{os.path.dirname(self.path)!r} is in use by another run (pid {pid}{_command_of(pid)}); "
+                        f"choose another --path_save_model / --save_dir, or wait for it to finish. If pid {pid} "
+                        f"is not a run of this project (a crashed run's pid reused), delete {self.path} and start "
+                        "again") from None
                 logger.warning("removing stale lock %s (pid %s is gone)", self.path, pid)
                 try:
                     os.remove(self.path)
@@ -128,6 +152,16 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _command_of(pid: int) -> str:
+    """``: <command line>`` of a live process where the system tells it (Linux), else ``''``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f": {cmd[:100]}" if cmd else ""
 
 
 def _alive(pid: int) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import math
 import os
 import sys
 import time
@@ -17,6 +19,15 @@ from csvflowdatamodule.CsvDataModule import CsvDataModule
 from Models.CoherenceNets.MethodeB import MethodeB
 from utils.quiet_logs import allow_run_files_in_checkpoint_dir, quiet_library_logs
 from utils.results import RunLock, atomic_write_json
+from utils.run_checks import (
+    ConfigError,
+    check_cuda,
+    check_img_size,
+    check_network,
+    check_positive,
+    check_writable_dir,
+    warn_single_mask,
+)
 from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 
 logger = logging.getLogger(__name__)
@@ -78,17 +89,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.demo = args.data_file is None
+    args.explicit = explicit_flags(parser, argv)
     if args.demo:
-        given = explicit_flags(parser, argv)
         for key, value in DEMO_DEFAULTS.items():
-            if key not in given:
+            if key not in args.explicit:
                 setattr(args, key, value)
     elif args.max_epochs is None:
         args.max_epochs = PAPER_MAX_EPOCHS
     if getattr(args, "optim.schedule") == "cosine" and args.max_epochs < 0 and args.max_steps <= 0:
         parser.error("--optim.schedule cosine decays over the whole run: give a finite --max_epochs "
                      f"(got {args.max_epochs}) or --max_steps")
+    try:
+        check_training_args(args)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     return args
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """Settings that cannot work are refused here, before a folder is made or memory allocated."""
+    hp = vars(args)
+    check_positive(hp, {"batch_size": "--batch_size", "subsample_train": "--subsample_train"})
+    if args.num_workers < 0:
+        raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
+    check_network(hp)
+    check_img_size(args.img_size, int(hp["unet.num_layers"]))
+    if not float(hp["optim.lr"]) >= 0 or not math.isfinite(float(hp["optim.lr"])):
+        raise ConfigError(f"--optim.lr {hp['optim.lr']}: must be a finite number >= 0")
+    check_cuda(args.accelerator)
+    warn_single_mask(args.nAffineMasks)
+
+
+#: flags a resumed run may change: how and how long it runs, not what it computes
+RESUME_MAY_CHANGE = frozenset({
+    "ckpt_path", "max_epochs", "max_steps", "max_time", "num_workers", "devices", "accelerator", "strategy",
+    "num_nodes", "gpus", "logger", "log_every_n_steps", "trust_checkpoint", "limit_val_batches",
+    "limit_test_batches", "limit_train_batches", "check_val_every_n_epoch", "precision", "deterministic",
+    "fast_dev_run", "path_save_model", "strict_data", "init_ckpt", "explicit", "demo",
+})
+
+
+def reconcile_resume(args: argparse.Namespace, stored: dict[str, Any]) -> list[str]:
+    """Make ``args`` the settings the resumed run was built with: flags left at their defaults take
+    the stored values; an explicit flag that differs is refused (Lightning would restore the old
+    model and optimiser and silently keep the old value). Returns the flags taken from the run."""
+    from csvflowdatamodule.CsvDataModule import resolve_data_path
+
+    conflicts, adopted = [], []
+    for key, old in stored.items():
+        if key in RESUME_MAY_CHANGE or not hasattr(args, key):
+            continue
+        new = getattr(args, key)
+        if key == "data_file" and new is not None:
+            new = resolve_data_path(new)
+        if key == "base_dir" and new is None:
+            new = ""
+        if _same(new, old):
+            continue
+        if key in args.explicit:
+            conflicts.append(f"--{key} {_show(getattr(args, key))} (the run has {_show(old)})")
+        else:
+            setattr(args, key, list(old) if isinstance(old, tuple) else old)
+            adopted.append(key)
+    if conflicts:
+        raise ConfigError(
+            f"--ckpt_path {args.ckpt_path}: a resumed run keeps the settings it was started with, and these "
+            f"flags differ: {'; '.join(conflicts)}. Drop them to resume, or start a new run from these weights "
+            "with --init_ckpt (fresh optimiser and epoch count)")
+    if "data_file" in adopted:
+        args.demo = False
+    return adopted
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _show(v: Any) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _is_rank_zero_process() -> bool:
@@ -98,6 +180,28 @@ def _is_rank_zero_process() -> bool:
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
     """Train ``MethodeB`` as the arguments say; return a summary (paths and final metrics)."""
+    if not hasattr(args, "explicit"):
+        args.explicit = set()
+    save_dir = args.path_save_model
+    if save_dir is None and not args.fast_dev_run:
+        save_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        logger.warning("no --path_save_model given: saving under %s", save_dir)
+    ckpt_path = args.ckpt_path
+    if ckpt_path == "last":
+        if save_dir is None:
+            raise ConfigError("--ckpt_path last needs --path_save_model (the run to resume)")
+        ckpt_path = os.path.join(save_dir, "last.ckpt")
+        if not os.path.exists(ckpt_path):
+            raise SystemExit(f"--ckpt_path last: {ckpt_path} does not exist (nothing to resume)")
+    if ckpt_path is not None:
+        from Models.checkpoint_io import check_resume_checkpoint, read_checkpoint
+
+        check_resume_checkpoint(ckpt_path)
+        stored = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
+        adopted = reconcile_resume(args, dict(stored))
+        if adopted:
+            logger.info("resuming with the run's own settings for %s", ", ".join(sorted(adopted)))
+        check_training_args(args)
     if args.demo:
         logger.warning("no --data_file given: training a CPU-sized model (%s) on the built-in synthetic "
                        "dataset — pass --data_file to train on your own DataSplit",
@@ -105,11 +209,12 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     pl.seed_everything(args.seed, workers=True)
     dm = CsvDataModule.from_args(args, request=sorted(set(args.inputs) | {"Flow", "GtMask", "Image"}),
                                  optional_columns=tuple({"GtMask", "Image"} - set(args.inputs)))
-    save_dir = args.path_save_model
-    if save_dir is None and not args.fast_dev_run:
-        save_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-        logger.warning("no --path_save_model given: saving under %s", save_dir)
-    hparams = {k: v for k, v in vars(args).items() if k not in ("demo",)}
+    # the splits are read now, so a bad CSV or an empty train split fails before any folder is made
+    for step in ("train", "val"):
+        dm.setup_dataset(step)
+    if len(dm.datasets["train"]) == 0:
+        raise ConfigError(f"--data_file: the train split {dm.split_path('train')} has no rows: nothing to train on")
+    hparams = {k: v for k, v in vars(args).items() if k not in ("demo", "explicit")}
     hparams["base_dir"], hparams["data_file"] = dm.base_dir, dm.data_path
     model = MethodeB(**hparams)
     if args.init_ckpt:
@@ -132,25 +237,21 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         allow_run_files_in_checkpoint_dir(save_dir, resuming=args.ckpt_path is not None)
 
         if _is_rank_zero_process():
+            check_writable_dir(save_dir, "--path_save_model")
             lock = RunLock(save_dir).acquire()
-        ckpt_cb = ModelCheckpoint(dirpath=save_dir, filename="{epoch}-{epoch_val_loss:.5f}",
-                                  monitor="epoch_val_loss", mode="min", save_top_k=1)
-        last_cb = LastCheckpoint(os.path.join(save_dir, "last.ckpt"))
+        ckpt_cb = BestCheckpoint(dirpath=save_dir, filename="{epoch}-{epoch_val_loss:.5f}",
+                                 monitor="epoch_val_loss", mode="min", save_top_k=1, save_on_train_epoch_end=False)
+        last_cb = LastCheckpoint(os.path.join(save_dir, "last.ckpt"), ckpt_cb)
         # Order matters: an epoch's rows are on disk before the checkpoint that skips that epoch.
-        callbacks += [ResultsWriter(save_dir), last_cb, ckpt_cb]
-    ckpt_path = args.ckpt_path
-    if ckpt_path == "last" and save_dir is not None:
-        ckpt_path = os.path.join(save_dir, "last.ckpt")
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"--ckpt_path last: {ckpt_path} does not exist (nothing to resume)")
+        callbacks += [ResultsWriter(save_dir), HparamsWriter(os.path.join(save_dir, "hparams.json"), hparams),
+                      last_cb, ckpt_cb]
     try:
         lg = make_logger(args.logger, save_dir, name="logs") if save_dir is not None else False
         trainer = pl.Trainer(logger=lg, callbacks=callbacks, default_root_dir=save_dir,
                              enable_checkpointing=ckpt_cb is not None, **trainer_kwargs(args))
-        if save_dir is not None and trainer.is_global_zero:
-            atomic_write_json(os.path.join(save_dir, "hparams.json"), hparams)
         try:
-            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+            # weights_only explicitly: no environment variable can turn a resume into arbitrary unpickling
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
@@ -159,9 +260,13 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         if lock is not None:
             lock.release()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = ckpt_cb.best_model_path if ckpt_cb else None
+    if best and not os.path.exists(best):
+        logger.error("the best checkpoint recorded, %s, is missing", best)
+        best = None
     summary = {
         "path_save_model": save_dir,
-        "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else None,
+        "best_checkpoint": best,
         "last_checkpoint": os.path.abspath(last_cb.path) if ckpt_cb else None,
         "epochs": trainer.current_epoch,
         "val_jacc": metrics.get("val/jacc"),
@@ -173,16 +278,66 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+class HparamsWriter(pl.Callback):
+    """``hparams.json`` once the run has really started (a resumed run's checkpoint restored), so a
+    start that fails never replaces the record of the run that is there."""
+
+    def __init__(self, path: str, hparams: dict[str, Any]) -> None:
+        self.path, self.hparams = path, hparams
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            atomic_write_json(self.path, self.hparams)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose deletions of superseded best files wait until ``last.ckpt`` records
+    the new best, so that whenever the run is killed the checkpoint it resumes from names a best
+    file that exists; on resume, best files it does not name (left by the killed run) are removed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending_removals: list[str] = []
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self.pending_removals.append(filepath)
+
+    def flush_removals(self, trainer: pl.Trainer) -> None:
+        for path in self.pending_removals:
+            if path not in self.best_k_models and path != self.best_model_path:
+                super()._remove_checkpoint(trainer, path)
+        self.pending_removals.clear()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # only when resuming with this folder's own record (Lightning restores it only then)
+        if not (trainer.ckpt_path and self.best_k_models and trainer.is_global_zero and self.dirpath):
+            return
+        keep = {os.path.abspath(p) for p in [*self.best_k_models, self.best_model_path] if p}
+        if all(os.path.dirname(p) == os.path.abspath(self.dirpath) for p in keep):
+            for path in glob.glob(os.path.join(self.dirpath, "epoch=*.ckpt")):
+                if os.path.abspath(path) not in keep:
+                    logger.info("removing %s: a best checkpoint the resumed run does not record", path)
+                    os.remove(path)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.flush_removals(trainer)
+
+
 class LastCheckpoint(pl.Callback):
     """``last.ckpt`` after every training epoch (validation included), written then renamed.
 
     Lightning's ``save_last`` only refreshes it when a top-k checkpoint is saved, so a run whose
     last epochs did not improve the monitored loss lost them; and a crash mid-write must not
-    leave a truncated file where the previous good one was.
+    leave a truncated file where the previous good one was. ``best`` (saving at validation end,
+    before this runs) has recorded the epoch's best by then; its deferred deletions follow.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, best: BestCheckpoint | None = None) -> None:
         self.path = path
+        self.best = best
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
@@ -192,6 +347,8 @@ class LastCheckpoint(pl.Callback):
         trainer.strategy.barrier("last-checkpoint-written")
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+        if self.best is not None:
+            self.best.flush_removals(trainer)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
