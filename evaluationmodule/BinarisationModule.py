@@ -15,12 +15,19 @@ class BinarisationModule:
       not the most frequent label of its frame.
     - ``fair`` (uses ``'GtMask'``; not valid for benchmarks): a label is foreground when more than
       half of its argmax pixels lie inside the ground-truth mask.
+
+    With ``min_motion > 0`` (off by default, so published numbers stay comparable) the foreground is
+    then kept only where it moves unlike the background (``utils.motion_significance``, which reads
+    the batch's ``'Flow'`` (B, 2, I, J)).
     """
 
-    def __init__(self, binary_method: str = "exceptbiggest") -> None:
+    def __init__(self, binary_method: str = "exceptbiggest", min_motion: float = 0.0) -> None:
         if binary_method not in BINARY_METHODS:
             raise ValueError(f"binary_method must be one of {list(BINARY_METHODS)}, got {binary_method!r}")
+        if min_motion < 0:
+            raise ValueError(f"min_motion must be >= 0, got {min_motion}")
         self.binary_method = binary_method
+        self.min_motion = float(min_motion)
 
     def binarise(self, d: dict) -> dict:
         if "Pred" not in d:
@@ -31,7 +38,22 @@ class BinarisationModule:
             d["PredMask"] = self.fair(d["Pred"], d["GtMask"])
         else:
             d["PredMask"] = self.exceptbiggest(d["Pred"])
+        if self.min_motion > 0:
+            d["PredMask"] = self.significant(d["Pred"], d["Flow"], d["PredMask"], self.min_motion)
         return d
+
+    @staticmethod
+    def significant(Pred: Tensor, Flow: Tensor, PredMask: Tensor, min_motion: float) -> Tensor:
+        """PredMask (B, I, J) bool → the part of it that moves unlike the background's fitted motion."""
+        from utils.motion_significance import significant_foreground
+
+        if Flow.shape[:1] + Flow.shape[2:] != PredMask.shape or Flow.shape[1] != 2:
+            raise ValueError(f"expected Flow (B, 2, I, J) on PredMask's grid {tuple(PredMask.shape)}, "
+                             f"got {tuple(Flow.shape)}")
+        out = [torch.from_numpy(significant_foreground(p.detach().float().cpu(), f.detach().float().cpu(),
+                                                       foreground=m.cpu().numpy(), min_motion=min_motion).foreground)
+               for p, f, m in zip(Pred, Flow, PredMask)]
+        return torch.stack(out).to(PredMask.device)
 
     @staticmethod
     def _check(Pred: Tensor) -> None:

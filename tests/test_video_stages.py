@@ -214,3 +214,20 @@ def test_adaptation_rejects_flows_of_another_size():
     model = MethodeB(**{"unet.num_layers": 3, "unet.features_start": 8, "img_size": [32, 48]})
     with pytest.raises(ValueError, match=r"model's size \(32, 48\)"):
         adapt(model, torch.zeros(2, 2, 30, 40), steps=1)
+
+
+def test_binarisation_applies_significance_only_when_asked():
+    from evaluationmodule.BinarisationModule import BinarisationModule
+
+    gen = torch.Generator().manual_seed(3)
+    flow = affine_flow(1.0, 0.5, 0.0, 0.0, 0.0, 0.5) + 0.1 * torch.randn(2, I, J, generator=gen)
+    both = disc_pred([(20.0, 20.0), (36.0, 50.0)], radius=8)
+    obj = both[1] > 0
+    flow[0][obj] += 3.0
+    pred = torch.stack([both[0], both[1] + both[2]]) * 0.9 + 0.05
+    plain = BinarisationModule("exceptbiggest").binarise({"Pred": pred[None], "Flow": flow[None]})["PredMask"][0]
+    assert plain[obj].all() and plain[both[2] > 0].all()  # the paper's rule keeps both regions
+    sig = BinarisationModule("exceptbiggest", min_motion=2).binarise({"Pred": pred[None], "Flow": flow[None]})
+    assert sig["PredMask"][0][obj].all() and not sig["PredMask"][0][both[2] > 0].any()
+    with pytest.raises(ValueError, match="min_motion must be >= 0"):
+        BinarisationModule(min_motion=-1)

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_mask", action="store_true", help="binary mask per frame (.png)")
     p.add_argument("--binary_method_gen", default=None, choices=["exceptbiggest", "fair"],
                    help="binarisation of the generated masks (default: the model's)")
+    p.add_argument("--min_motion", type=float, default=0.0,
+                   help="keep a foreground region only if it moves unlike the background's fitted motion by "
+                        "more than this many times the flow's noise (segment.py's default is 2); default 0: "
+                        "the paper's plain binarisation, comparable with published numbers")
     p.add_argument("--resume", action="store_true", help="skip frames whose outputs are already complete")
     g = p.add_argument_group("ClassicalEM (with --model ClassicalEM)")
     g.add_argument("--nAffineMasks", "-L", type=int, default=2)
@@ -140,7 +144,8 @@ def model_identity(args: argparse.Namespace, model: pl.LightningModule) -> dict[
     else:
         digest = file_sha256(args.ckpt)
     return {"model": args.model, "model_sha256": digest, "img_size": [int(s) for s in model.hparams["img_size"]],
-            "binary_method": model.binary_method, "flow_normalisation": args.flow_normalisation}
+            "binary_method": model.binary_method, "min_motion": float(getattr(args, "min_motion", 0.0)),
+            "flow_normalisation": args.flow_normalisation}
 
 
 def check_resume_identity(save_dir: str, identity: dict[str, Any]) -> None:
@@ -412,11 +417,13 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, dict]:
     quiet_library_logs()
     pl.seed_everything(args.seed, workers=True)
     model = load_model(args)
-    if args.binary_method_gen:
+    if args.binary_method_gen or args.min_motion:
         from evaluationmodule.BinarisationModule import BinarisationModule
 
-        model.binary_method = args.binary_method_gen
-        model.binariser = BinarisationModule(args.binary_method_gen)
+        if args.min_motion < 0:
+            raise ValueError(f"--min_motion must be >= 0, got {args.min_motion}")
+        model.binary_method = args.binary_method_gen or model.binary_method
+        model.binariser = BinarisationModule(model.binary_method, min_motion=args.min_motion)
     model.test_outputs_need_parametric_flow = bool(args.draw_figs)
     img_size = args.img_size if "img_size" in args.explicit else model.hparams["img_size"]
     if args.model == "MethodeB":

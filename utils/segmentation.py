@@ -76,7 +76,7 @@ class SegmentOptions:
 
     batch_size: int = 8
     temporal: bool = True            #: stage 3
-    fusion_weight: float = 1.0       #: a neighbour's weight (× its confidence) against the frame's own 1
+    fusion_weight: float = 2.0       #: a neighbour's weight (× its confidence) against the frame's own 1
     min_motion: float = DEFAULT_MIN_MOTION  #: stage 4; 0 turns it off
     overlays: bool = False
     save_proba: bool = False
