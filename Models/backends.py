@@ -101,8 +101,9 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """``model.prediction`` under ``torch.inference_mode`` (bf16: CPU autocast). ``threads`` sets
-    torch's intra-op threads (process-wide) when given."""
+    """``model.prediction`` under ``torch.inference_mode`` (``no_grad`` for models that are not
+    plain networks; bf16: autocast). ``threads`` sets torch's intra-op threads (process-wide)
+    when given."""
 
     name = "torch"
 
@@ -111,11 +112,15 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(threads))
         super().__init__(precision, torch.get_num_threads())
         self.model = model.eval()
+        self.plain = is_exportable(model)
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def _run(self, flow: Tensor) -> Tensor:
         bf16 = self.precision == "bf16"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # inference_mode only for plain networks: ClassicalEM's θ solver keeps scratch buffers that
+        # later (training) code updates in place, which inference tensors refuse.
+        grad_off = torch.inference_mode() if self.plain else torch.no_grad()
+        with grad_off, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = self.model.prediction({"Flow": flow.to(self.device)})["Pred"]
         return pred.float().cpu()
 
@@ -185,7 +190,7 @@ def model_digest(model: nn.Module) -> str:
     for key, value in model.state_dict().items():
         t = value.detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:24]
 
 
