@@ -18,10 +18,13 @@ that is not exact (argmax labels agree on ≥ 99 % of pixels).
 * ``openvino``: the OpenVINO IR of the same graph, CPU plugin, ``f32`` inference precision
   (its default on CPUs with bf16 units would be bf16), latency hint.
 
-``make_backend(model)`` with no name takes the first installed of :data:`PREFERENCE`, the order
-measured by ``bench/bench_inference.py --backends`` for the bundled model at 128 × 224 on this
-project's CPU (see bench/README.md): openvino, then onnxruntime, then torch. Models that cannot be
-exported get torch.
+``make_backend(model)`` with no name takes the first installed of :data:`PREFERENCE`: openvino,
+then onnxruntime, then torch. The order is measured by ``bench/bench_inference.py`` for the
+bundled model at 128 × 224 on this project's 2-core AMD EPYC (figures in bench/README.md), as
+× the authors' eager fp32 at batch 1 / 8: openvino 1.68 / 1.48, onnxruntime 1.67 / 1.35,
+torch 0.93 / 1.20 (1 thread, interleaved rounds, a loaded machine); at batch 8, the video app's,
+and on 2 threads openvino was the faster of the two in every run. Models that cannot be exported
+get torch.
 
 Exports are made on demand into ``cache_dir`` (kept, named by a hash of the weights and the
 network's hyperparameters, so a changed or adapted model gets a new file) or, without one, into
@@ -54,6 +57,7 @@ PRECISIONS = ("fp32", "bf16")
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 #: bumped when the exported graph changes, so cached files of an older export are not reused
 EXPORT_VERSION = 1
+_OV_NO_BF16 = "openvino has no bf16 on this CPU (no native bf16 instructions); use the torch backend for bf16"
 _ORT_FP32_ONLY = ("the onnxruntime backend runs fp32 only (its CPU provider has no bf16 convolutions); "
                   "use the torch backend for bf16")
 
@@ -152,6 +156,17 @@ class OnnxRuntimeBackend(Backend):
         return torch.from_numpy(pred)
 
 
+def openvino_has_bf16(core=None) -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively on this CPU (False without openvino)."""
+    if core is None:
+        try:
+            import openvino as ov
+        except ImportError:
+            return False
+        core = ov.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoBackend(Backend):
     """An OpenVINO IR (.xml) or ONNX graph of :mod:`Models.export` on OpenVINO's CPU plugin.
     bf16 only where the CPU has native bf16 (OpenVINO would silently run fp32 otherwise)."""
@@ -165,9 +180,8 @@ class OpenVinoBackend(Backend):
         except ImportError:
             raise BackendError("the openvino backend needs the 'openvino' package") from None
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            raise BackendError("openvino has no bf16 on this CPU (no native bf16 instructions); "
-                               "use the torch backend for bf16")
+        if precision == "bf16" and not openvino_has_bf16(core):
+            raise BackendError(_OV_NO_BF16)
         config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
                   "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
@@ -267,8 +281,11 @@ def make_backend(model: nn.Module, name: str | None = None, precision: str = "fp
     if not is_exportable(model):
         raise BackendError(f"backend {name!r} cannot run {type(model).__name__}: only plain networks on the flow "
                            "can be exported; use the torch backend")
+    # Refused before exporting, which takes seconds.
     if precision == "bf16" and name == "onnxruntime":
         raise BackendError(_ORT_FP32_ONLY)
+    if precision == "bf16" and name == "openvino" and not openvino_has_bf16():
+        raise BackendError(_OV_NO_BF16)
     try:
         with _export_folder(cache_dir) as folder:
             return backend_from_file(exported_file(model, name, folder), name, precision, threads)
