@@ -74,7 +74,9 @@ class Up(nn.Module):
         # Odd sizes lose a row/column at pooling: zero-pad the upsampled map back to the skip's size.
         dh = skip.shape[2] - x.shape[2]
         dw = skip.shape[3] - x.shape[3]
-        if dh or dw:
+        # A traced graph (ONNX / OpenVINO export) must keep the pad whatever the example's size, so
+        # that it stays right for every size; a zero pad changes nothing.
+        if dh or dw or torch.jit.is_tracing():
             x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
         return self.conv(torch.cat([skip, x], dim=1))
 
