@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_checkpoint", action="store_true", help="allow a legacy checkpoint you trust")
     p.add_argument("--batch_size", type=_positive_int("--batch_size"), default=D.batch_size)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--backend", default=None, choices=["torch", "onnxruntime", "openvino"],
+                   help="what runs the network on the CPU (default: the fastest exact one installed)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16 is an opt-in that is not exact (argmax agreement ≥ 99 %%, see bench/README.md)")
     g = p.add_argument_group("quality (see utils/segmentation.py)")
     g.add_argument("--no_temporal", action="store_true",
                    help="segment every frame alone (no identity matching, no fusion with the neighbours)")
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
         save_proba=files_default if args.save_proba is None else args.save_proba,
         max_width=args.max_width, flow_method=args.flow_method, dis_preset=args.dis_preset,
         save_flows=args.save_flows, allow_partial=args.allow_partial, adapt_steps=args.adapt or 0,
-        adapt_lr=args.adapt_lr, save_adapted=args.save_adapted)
+        adapt_lr=args.adapt_lr, save_adapted=args.save_adapted, backend=args.backend, precision=args.precision)
     try:
         opts.check()
         if args.adapt and not args.video:

@@ -84,7 +84,7 @@ class SegmentOptions:
     # video only
     max_width: int | None = None     #: None: the model's flow_width (else the frame's own width)
     flow_method: str = "dis"
-    dis_preset: str = "medium"
+    dis_preset: str = "fast"
     dis_finest_scale: int = 0
     dis_variational: bool = True
     save_flows: bool = False
@@ -92,6 +92,8 @@ class SegmentOptions:
     adapt_steps: int = 0
     adapt_lr: float = 1e-4
     save_adapted: str | None = None
+    backend: str | None = None       #: None: the fastest exact one installed (Models.backends)
+    precision: str = "fp32"
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -108,6 +110,10 @@ class SegmentOptions:
             raise ValueError(f"--dis_preset must be one of {list(DIS_PRESETS)}, got {self.dis_preset!r}")
         if self.adapt_steps < 0:
             raise ValueError(f"--adapt must be >= 0 steps, got {self.adapt_steps}")
+        if self.backend not in (None, "torch", "onnxruntime", "openvino"):
+            raise ValueError(f"--backend must be torch, onnxruntime or openvino, got {self.backend!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--precision must be fp32 or bf16, got {self.precision!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,15 +143,31 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def make_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """flows (B, 2, I, J) float32 at the model's size → pred (B, L, I, J) float32 on the CPU."""
+def make_predictor(model, backend: str | None = None, precision: str = "fp32"
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """flows (B, 2, I, J) float32 at the model's size → pred (B, L, I, J) float32 on the CPU.
+
+    ``backend`` (``Models.backends``: torch, onnxruntime, openvino; None = the fastest exact one
+    installed) runs the network on the CPU; a model on a GPU always runs in torch there."""
     device = model_device(model)
+    if device.type != "cpu":
+        if backend not in (None, "torch"):
+            raise ValueError(f"--backend {backend} runs on the CPU; the model is on {device} (use --backend torch)")
 
-    def predict(flows: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model.prediction({"Flow": flows.to(device)})["Pred"].float().cpu()
+        def predict(flows: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model.prediction({"Flow": flows.to(device)})["Pred"].float().cpu()
 
-    return predict
+        return predict
+    from Models.backends import make_backend
+
+    run = make_backend(model, backend, precision)
+    logger.info("network backend: %s (%s)", run.name, precision)
+
+    def predict_cpu(flows: torch.Tensor) -> torch.Tensor:
+        return run(flows.float().contiguous())
+
+    return predict_cpu
 
 
 def flow_width_of(model, override: int | None) -> int | None:
@@ -554,7 +576,7 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     img_size = tuple(model.hparams["img_size"])
-    predict = make_predictor(model)
+    predict = make_predictor(model, opts.backend, opts.precision)
     stages = SequenceStages(opts, model.hparams.get("param_model", "Quadratic"))
     writer = Writer(out, opts, fps=None)
     skipped: list[tuple[str, str]] = []
@@ -735,7 +757,7 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     if flow_width is None:
         logger.warning("the model records no %s and --max_width is not set: the flow is computed at the frames' "
                        "own size", FLOW_WIDTH_HPARAM)
-    predict = make_predictor(model)
+    predict = make_predictor(model, opts.backend, opts.precision)
     stages = SequenceStages(opts, model.hparams.get("param_model", "Quadratic"))
     times = StageTimes()
     writer = Writer(out, opts, fps=info["fps"] or 25.0, times=times)
