@@ -52,3 +52,13 @@ python -m evaluationmodule.motion_ceiling --data_file "$D/synthetic/synthetic" -
 cp "$D/ceiling/ceiling_test_per_sequence.png" checkpoints/synthetic_test_per_sequence.png
 # 6. the blackswan figure
 python segment.py --flow images/00000.flo --out "$D/blackswan"
+
+# 7. the video benchmark (model card, "Real footage"): composited real-photo sequences with exact
+# masks (needs Debian's opencv-doc for the photographs), then segment.py --video scored end to end
+python -m evaluationmodule.video_benchmark make --out "$D/videobench"
+B="python -m evaluationmodule.video_benchmark score --bench $D/videobench --split test"
+$B --out "$D/vb/flow320" --label flow320 -- --no_temporal --min_motion 0
+$B --out "$D/vb/significance" --label +significance -- --no_temporal
+$B --out "$D/vb/new_defaults" --label new_defaults
+$B --out "$D/vb/adapt" --label +adapt -- --adapt
+python -m evaluationmodule.video_benchmark compare "$D/vb/flow320" "$D/vb/significance" "$D/vb/new_defaults" "$D/vb/adapt"

@@ -245,3 +245,21 @@ def test_bundled_model_segments_blackswan_as_one_object(tmp_path):
     # DAVIS blackswan frame 0: the body left of centre, the neck rising at x ≈ 440 (row, column)
     assert swan[330, 350] and swan[150, 440]
     assert not mask[50, 100] and not mask[40, 700] and not mask[460, 40]  # sky and water
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_every_backend_writes_the_same_masks(tmp_path, small_ckpt, backend):
+    from Models.backends import available_backends
+
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed")
+    video = write_clip(tmp_path / "clip.avi", n_frames=5)
+    model = load_segmenter(small_ckpt, device="cpu")
+    for name in ("torch", backend):
+        segment_video(model, video, tmp_path / name, SegmentOptions(progress=False, animation=False, backend=name,
+                                                                    save_proba=True))
+    for t in range(4):
+        assert np.array_equal(cv2.imread(str(tmp_path / "torch" / f"{t:05d}_binary.png"), 0),
+                              cv2.imread(str(tmp_path / backend / f"{t:05d}_binary.png"), 0))
+        pa, pb = (np.load(tmp_path / n / f"{t:05d}_proba.npy") for n in ("torch", backend))
+        assert np.abs(pa - pb).max() <= 1e-4
