@@ -163,6 +163,10 @@ def test_argument_errors(tmp_path):
         main(["--frames", str(src), "--video", "x.mp4", "--out", str(tmp_path / "o5")])
     with pytest.raises(SystemExit, match="--raft_weights"):  # a one-line message, not a traceback
         main(["--frames", str(src), "--out", str(tmp_path / "o6"), "--method", "raft"])
+    for width in ("-5", "0"):
+        with pytest.raises(SystemExit, match=f"--max_width must be at least 8 pixels, got {width}"):
+            main(["--frames", str(src), "--out", str(tmp_path / "o7"), "--max_width", width])
+        assert not (tmp_path / "o7").exists()  # refused before any output
 
 
 def test_raft_without_weights_says_what_to_do(tmp_path):
