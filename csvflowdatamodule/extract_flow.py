@@ -41,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csvflowdatamodule.CsvDataset import TAG_FLOAT, write_flow
-from utils.atomic_io import atomic_write
+from utils.atomic_io import atomic_write, atomic_write_image
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +106,6 @@ def iter_video_frames(video: str | os.PathLike) -> Iterator[np.ndarray]:
             yield frame
     finally:
         cap.release()
-
-
-def _imwrite_atomic(path: Path, image: np.ndarray) -> None:
-    """An image file through a temporary name, so a killed run never leaves a truncated frame."""
-    ok, buf = cv2.imencode(path.suffix, image)  # encoded by the final name's extension
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    atomic_write(path, lambda p: p.write_bytes(buf.tobytes()))
 
 
 def _read_bgr(path: Path) -> np.ndarray:
@@ -277,7 +269,7 @@ def _write_frames(out: Path, video, frames, old: dict | None, progress: bool,
         for t, src in enumerate(tqdm(files, desc="frames", disable=None if progress else True, leave=False)):
             dst = fdir / f"{t:05d}.png"
             if not dst.is_file():
-                _imwrite_atomic(dst, _fit_width(_read_bgr(src), max_width))
+                atomic_write_image(dst, _fit_width(_read_bgr(src), max_width))
         return len(files), [f.stem for f in files]
     n_old = old.get("n_frames") if old else None
     if isinstance(n_old, int) and all((fdir / f"{t:05d}.png").is_file() for t in range(n_old)):
@@ -287,7 +279,7 @@ def _write_frames(out: Path, video, frames, old: dict | None, progress: bool,
     for t, frame in enumerate(bar):
         dst = fdir / f"{t:05d}.png"
         if not dst.is_file():
-            _imwrite_atomic(dst, _fit_width(frame, max_width))
+            atomic_write_image(dst, _fit_width(frame, max_width))
         n = t + 1
     return n, [f"{t:05d}" for t in range(n)]
 

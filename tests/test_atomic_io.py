@@ -68,3 +68,17 @@ def test_fsync_flushes_the_temporary_file_before_the_rename(tmp_path, monkeypatc
     events.clear()
     atomic_write_text(tmp_path / "g.txt", "data")
     assert events == ["replace"]
+
+
+def test_atomic_write_image_encodes_by_extension_and_leaves_nothing_on_failure(tmp_path):
+    import cv2
+    import numpy as np
+
+    from utils.atomic_io import atomic_write_image
+
+    img = (np.arange(12 * 20) % 256).astype(np.uint8).reshape(12, 20)
+    atomic_write_image(tmp_path / "m.png", img, (cv2.IMWRITE_PNG_COMPRESSION, 1))
+    assert np.array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), img)
+    with pytest.raises((OSError, cv2.error)):
+        atomic_write_image(tmp_path / "m.unknownext", img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]

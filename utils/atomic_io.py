@@ -37,5 +37,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], fsync
     return path
 
 
+def atomic_write_image(path: str | os.PathLike, image, params: tuple[int, ...] = ()) -> Path:
+    """An image (OpenCV's BGR or grey array) encoded by ``path``'s extension, with OpenCV's encoder
+    ``params``, through a temporary name, so a killed run never leaves a truncated image."""
+    import cv2  # only the writers of images need it
+
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix, image, list(params))
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    return atomic_write(path, lambda p: p.write_bytes(buf.tobytes()))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8", newline=""), fsync=fsync)

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from csvflowdatamodule.CsvDataset import read_flow
 from evaluationmodule.SaveModule import write_npy
-from utils.atomic_io import atomic_write
+from utils.atomic_io import atomic_write, atomic_write_image
 from utils.figures import flow_to_rgb
 from utils.flow_confidence import forward_backward_confidence, resize_flow
 from utils.motion_significance import DEFAULT_MIN_MOTION, significant_foreground, suppress
@@ -427,25 +427,31 @@ def _conf(conf: torch.Tensor | None, inside: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
-def binarise(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """pred (L, I, J) → (H, W) bool at ``size``: resized bilinearly, then every pixel whose argmax
-    label is not the most frequent one (``exceptbiggest``, counted by a histogram)."""
+def labels_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pred (L, I, J) → the argmax label (H, W) of the probabilities resized bilinearly to ``size``."""
     H, W = size
     L = pred.shape[0]
-    if L == 2:  # one channel decides: the sign of p1 − p0
+    if L == 2:  # one channel decides: the sign of p1 − p0 (ties go to label 0, as argmax does)
         d = cv2.resize(np.ascontiguousarray(pred[1] - pred[0]), (W, H), interpolation=cv2.INTER_LINEAR)
-        labels = (d > 0).astype(np.uint8)
-    else:
-        up = cv2.resize(np.ascontiguousarray(pred.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
-        labels = up.reshape(H, W, L).argmax(-1)
-    counts = np.bincount(labels.ravel(), minlength=L)
-    return labels != counts.argmax()
+        return (d > 0).astype(np.uint8)
+    up = cv2.resize(np.ascontiguousarray(pred.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
+    return up.reshape(H, W, L).argmax(-1)
 
 
-def overlay(base: np.ndarray, pred: np.ndarray, binary: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """base uint8 (H, W, 3) RGB, pred (L, H, W), binary (H, W) bool → uint8 (H, W, 3): each pixel
-    tinted by its argmax label, the foreground's boundary drawn white."""
-    labels = pred.argmax(0)
+def except_biggest(labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """labels (H, W) → (H, W) bool: the pixels not in the most frequent label (counted by a histogram)."""
+    return labels != np.bincount(labels.ravel(), minlength=n_labels).argmax()
+
+
+def binarise(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pred (L, I, J) → (H, W) bool at ``size``: resized bilinearly, then every pixel whose argmax
+    label is not the most frequent one (``exceptbiggest``)."""
+    return except_biggest(labels_at(pred, size), pred.shape[0])
+
+
+def overlay(base: np.ndarray, labels: np.ndarray, binary: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """base uint8 (H, W, 3) RGB, labels (H, W) int (:func:`labels_at`), binary (H, W) bool → uint8
+    (H, W, 3): each pixel tinted by its label, the foreground's boundary drawn white."""
     tint = PALETTE[labels % len(PALETTE)]
     out = (1 - alpha) * base.astype(np.float32) + alpha * tint
     edge = binary ^ _erode(binary)
@@ -459,11 +465,8 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 
 
 def _png(path: Path, image: np.ndarray) -> None:
-    """A PNG through a temporary name, with fast compression (masks compress well anyway)."""
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    atomic_write(path, lambda p: p.write_bytes(buf.tobytes()))
+    """A PNG with fast compression (masks compress well anyway)."""
+    atomic_write_image(path, image, (cv2.IMWRITE_PNG_COMPRESSION, 1))
 
 
 class Writer:
@@ -487,17 +490,14 @@ class Writer:
 
     def _write(self, name: str, final: np.ndarray, size: tuple[int, int], base) -> None:
         t0 = time.perf_counter()
-        binary = binarise(final, size)
+        labels = labels_at(final, size)  # once: the mask and the overlay both use it
+        binary = except_biggest(labels, final.shape[0])
         t0 = self.times.add("binarise", t0)
         _png(self.out / f"{name}_binary.png", binary.astype(np.uint8) * 255)
         if self.opts.save_proba:
             write_npy(final.astype(np.float32), self.out / f"{name}_proba.npy")
         if self.opts.overlays or self.opts.animation:
-            H, W = size
-            rgb = base()
-            up = cv2.resize(np.ascontiguousarray(final.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
-            up = up.reshape(H, W, -1).transpose(2, 0, 1)
-            ov = overlay(rgb, up, binary)
+            ov = overlay(base(), labels, binary)
             if self.opts.overlays:
                 _png(self.out / f"{name}_overlay.png", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
             if self.opts.animation:
