@@ -122,10 +122,19 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
-def dis_estimator() -> FlowFn:
-    """OpenCV DIS (preset MEDIUM, refined down to the full resolution)."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    dis.setFinestScale(0)
+DIS_PRESETS: dict[str, int] = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                               "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST, "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def dis_estimator(preset: str = "medium", finest_scale: int = 0, variational: bool = True) -> FlowFn:
+    """OpenCV DIS with ``preset`` (default MEDIUM), refined down to pyramid level ``finest_scale``
+    (0: the full resolution); ``variational=False`` drops the variational refinement."""
+    if preset not in DIS_PRESETS:
+        raise ValueError(f"DIS preset must be one of {list(DIS_PRESETS)}, got {preset!r}")
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    dis.setFinestScale(int(finest_scale))
+    if not variational:
+        dis.setVariationalRefinementIterations(0)
 
     def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return dis.calc(_gray(a), _gray(b), None)

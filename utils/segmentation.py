@@ -48,6 +48,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from csvflowdatamodule.CsvDataset import read_flow
+from csvflowdatamodule.extract_flow import DIS_PRESETS, dis_estimator, make_estimator
 from evaluationmodule.SaveModule import write_npy
 from utils.atomic_io import atomic_write, atomic_write_image
 from utils.figures import flow_to_rgb
@@ -64,8 +65,6 @@ PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]
                     [140, 86, 75], [227, 119, 194], [127, 127, 127]], dtype=np.float32)
 #: hyperparameter recording the width frames were downscaled to before the flow, in training
 FLOW_WIDTH_HPARAM = "flow_width"
-DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 ANIMATION_WIDTH = 480
 LOG_EVERY_S = 10.0
 
@@ -202,15 +201,6 @@ def list_flows(flow: str | None = None, flows: str | None = None) -> list[Path]:
     return found
 
 
-def make_dis(opts: SegmentOptions) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """gray (H, W) uint8 × 2 → flow (H, W, 2) float32, OpenCV DIS with ``opts``' settings."""
-    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[opts.dis_preset])
-    dis.setFinestScale(int(opts.dis_finest_scale))
-    if not opts.dis_variational:
-        dis.setVariationalRefinementIterations(0)
-    return lambda a, b: dis.calc(a, b, None)
-
-
 @dataclass
 class FramePair:
     """Frame t and the flows between t and t+1 at the flow's resolution (h, w)."""
@@ -263,18 +253,12 @@ def video_pairs(video: str | os.PathLike, opts: SegmentOptions, flow_width: int 
     """Decode, downscale and compute the flows of consecutive frames; ``stats`` gets the decoded
     count and the header's (checked by the caller once the generator is exhausted)."""
     times = times or StageTimes()
-    from csvflowdatamodule.extract_flow import make_estimator
-
     cap, info = open_video(video)
     stats.update(info)
     if opts.flow_method == "dis":
-        est = make_dis(opts)
-        flow_fn = est
-        gray = True
+        flow_fn = dis_estimator(opts.dis_preset, opts.dis_finest_scale, opts.dis_variational)
     else:
-        rgb_est = make_estimator(opts.flow_method)
-        flow_fn = rgb_est
-        gray = False
+        flow_fn = make_estimator(opts.flow_method)
     need_back = opts.temporal or opts.min_motion > 0
     prev_small = prev_frame = None
     n = 0
@@ -290,7 +274,7 @@ def video_pairs(video: str | os.PathLike, opts: SegmentOptions, flow_width: int 
                 small = cv2.resize(frame, (flow_width, max(1, round(H * flow_width / W))), interpolation=cv2.INTER_AREA)
             else:
                 small = frame
-            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if gray else cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+            small = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)  # the estimators take RGB
             t0 = times.add("decode+downscale", t0)
             if prev_small is not None:
                 fwd = np.asarray(flow_fn(prev_small, small), np.float32)
