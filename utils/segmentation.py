@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from evaluationmodule.SaveModule import write_npy
 from utils.atomic_io import atomic_write, atomic_write_image
 from utils.figures import flow_to_rgb
 from utils.flow_confidence import forward_backward_confidence, resize_flow
-from utils.motion_significance import DEFAULT_MIN_MOTION, significant_foreground, suppress
+from utils.motion_significance import DEFAULT_MIN_MOTION, significant_foregrounds, suppress
 from utils.temporal import align_identities, carry, fuse
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,25 @@ def load_segmenter(ckpt: str | os.PathLike | None = None, trust: bool = False, d
     return model.to(device).eval()
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, restored after.
+
+    The pipeline's own tensor work (confidence, fusion, significance) is on small grids, where a
+    second intra-op thread gains nothing; and while the decode/flow and writer threads keep the
+    other core busy, OpenMP's fork-join waits on a thread that is not scheduled: measured on a
+    busy 2-core machine, the confidence stage took 600 ms a frame on 2 threads against 7 ms alone.
+    """
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def model_device(model) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
@@ -160,11 +180,14 @@ def make_predictor(model, backend: str | None = None, precision: str = "fp32"
         return predict
     from Models.backends import make_backend
 
-    run = make_backend(model, backend, precision)
-    logger.info("network backend: %s (%s)", run.name, precision)
+    threads = torch.get_num_threads()
+    run = make_backend(model, backend, precision, threads=threads)
+    logger.info("network backend: %s (%s, %d threads)", run.name, precision, threads)
 
     def predict_cpu(flows: torch.Tensor) -> torch.Tensor:
-        return run(flows.float().contiguous())
+        # the network keeps the threads it was made with, even inside torch_threads(1)
+        with torch_threads(threads if run.name == "torch" else torch.get_num_threads()):
+            return run(flows.float().contiguous())
 
     return predict_cpu
 
@@ -356,8 +379,27 @@ class SequenceStages:
         self.kept_regions = 0
 
     def push(self, step: Step) -> list[Step]:
+        """The steps finished by this one (at most one: the previous frame, once its next is known)."""
+        return self.push_many([step])
+
+    def push_many(self, steps: Sequence[Step]) -> list[Step]:
+        """:meth:`push` of consecutive steps (a network batch): the finished ones' significance
+        tests run as one batched fit."""
+        out = []
+        for step in steps:
+            out += self._advance(step)
+        return self._settle(out)
+
+    def finish(self) -> list[Step]:
+        if self.pending is None:
+            return []
+        out = [self._fuse(self.pending, self.last, None)]
+        self.pending = self.last = None
+        return self._settle(out)
+
+    def _advance(self, step: Step) -> list[Step]:
         if not self.opts.temporal:
-            return [self._finish(step, None, None)]
+            return [self._fuse(step, None, None)]
         ref = self.pending
         if ref is not None and step.to_prev is not None:
             step.pred, perm = align_identities(step.pred, ref.pred, step.to_prev, step.conf_to_prev)
@@ -366,19 +408,12 @@ class SequenceStages:
         out = []
         if ref is not None:
             linked = step.to_prev is not None  # else the sequence is broken between them
-            out.append(self._finish(ref, self.last, step if linked else None))
+            out.append(self._fuse(ref, self.last, step if linked else None))
             self.last = ref if linked else None
         self.pending = step
         return out
 
-    def finish(self) -> list[Step]:
-        if self.pending is None:
-            return []
-        out = [self._finish(self.pending, self.last, None)]
-        self.pending = self.last = None
-        return out
-
-    def _finish(self, target: Step, prev: Step | None, nxt: Step | None) -> Step:
+    def _fuse(self, target: Step, prev: Step | None, nxt: Step | None) -> Step:
         fused = target.pred
         if self.opts.temporal and self.opts.fusion_weight > 0:
             neighbours = []
@@ -390,17 +425,23 @@ class SequenceStages:
                 neighbours.append((p, _conf(target.conf_forward, inside)))
             if neighbours:
                 fused = fuse(target.pred, neighbours, self.opts.fusion_weight)
-        final = fused
-        if self.opts.min_motion > 0:
-            sig = significant_foreground(fused, target.flow_in, target.conf_forward, min_motion=self.opts.min_motion,
-                                         param_model=self.param_model)
+        target.meta["final"] = fused
+        return target
+
+    def _settle(self, steps: list[Step]) -> list[Step]:
+        """Stage 4 on fused steps: their dropped regions go to the background."""
+        if self.opts.min_motion <= 0 or not steps:
+            return steps
+        fused = [s.meta["final"] for s in steps]
+        sigs = significant_foregrounds(fused, [s.flow_in for s in steps], [s.conf_forward for s in steps],
+                                       min_motion=self.opts.min_motion, param_model=self.param_model)
+        for s, f, sig in zip(steps, fused, sigs):
             dropped = ~sig.foreground & (sig.regions > 0)
             n_kept = sum(sig.kept.values())
             self.kept_regions += n_kept
             self.dropped_regions += len(sig.kept) - n_kept
-            final = suppress(fused, dropped, sig.foreground)
-        target.meta["final"] = final
-        return target
+            s.meta["final"] = suppress(f, dropped, sig.foreground)
+        return steps
 
 
 def _conf(conf: torch.Tensor | None, inside: torch.Tensor) -> torch.Tensor:
@@ -480,19 +521,31 @@ class Writer:
         _png(self.out / f"{name}_binary.png", binary.astype(np.uint8) * 255)
         if self.opts.save_proba:
             write_npy(final.astype(np.float32), self.out / f"{name}_proba.npy")
-        if self.opts.overlays or self.opts.animation:
+        if self.opts.overlays:
             ov = overlay(base(), labels, binary)
-            if self.opts.overlays:
-                _png(self.out / f"{name}_overlay.png", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
+            _png(self.out / f"{name}_overlay.png", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
             if self.opts.animation:
-                self._animate(ov)
+                self._animate(cv2.resize(ov, self._animation_size(ov.shape), interpolation=cv2.INTER_AREA))
+        elif self.opts.animation:
+            # Drawn at the animation's size: a full-size overlay would cost three times as much.
+            size = self._animation_size(labels.shape)
+            small_base = cv2.resize(base(), size, interpolation=cv2.INTER_AREA)
+            small_labels = cv2.resize(labels.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            small_binary = cv2.resize(binary.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            self._animate(overlay(small_base, small_labels, small_binary))
         self.times.add("write", t0)
         self.n_written += 1
 
-    def _animate(self, ov: np.ndarray) -> None:
-        scale = min(1.0, ANIMATION_WIDTH / ov.shape[1])
-        size = (max(2, int(ov.shape[1] * scale)) // 2 * 2, max(2, int(ov.shape[0] * scale)) // 2 * 2)
-        small = cv2.resize(ov, size, interpolation=cv2.INTER_AREA)
+    @staticmethod
+    def _animation_size(shape: tuple[int, ...]) -> tuple[int, int]:
+        """(width, height) of the animation for frames of ``shape`` (H, W, ...): at most
+        ``ANIMATION_WIDTH`` wide, even sides (the MP4 encoder needs them)."""
+        scale = min(1.0, ANIMATION_WIDTH / shape[1])
+        return max(2, int(shape[1] * scale)) // 2 * 2, max(2, int(shape[0] * scale)) // 2 * 2
+
+    def _animate(self, small: np.ndarray) -> None:
+        """Append one RGB frame, already at :meth:`_animation_size`."""
+        size = (small.shape[1], small.shape[0])
         if self.fps is None:  # flow files: a GIF (few frames)
             self.gif_frames.append(Image.fromarray(small))
             return
@@ -606,6 +659,7 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
         flows_in = torch.cat([F.interpolate(f, size=img_size, mode="bilinear", align_corners=False)
                               for f in full_t])
         pred = predict(flows_in)
+        steps = []
         for (k, p), full, f_in, pr in zip(chunk, fulls, flows_in, pred):
             H, W = full.shape[:2]
             fwd = resize_flow(torch.from_numpy(full).permute(2, 0, 1)[None].float(), img_size, rescale=True)[0]
@@ -616,7 +670,8 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
                         meta={"size": (H, W), "base": base_of(k, full)})
             t += 1
             prev_in = fwd
-            emit(stages.push(step))
+            steps.append(step)
+        emit(stages.push_many(steps))
     emit(stages.finish())
     anim = writer.close()
     bar.close()
@@ -648,49 +703,51 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
 # Videos
 # --------------------------------------------------------------------------------------------
 def _pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predict, batch: int,
-                    keep_flows: list | None, times: StageTimes | None = None) -> Iterator[Step]:
-    """Batches the network over frame pairs; yields one :class:`Step` per frame, in order."""
+                    keep_flows: list | None, times: StageTimes | None = None) -> Iterator[list[Step]]:
+    """Batches the network over frame pairs; yields each batch's :class:`Step` s (one per frame), in order."""
     times = times or StageTimes()
-    prev_back: torch.Tensor | None = None
-    prev_conf_back: torch.Tensor | None = None
+    prev: dict = {"back": None, "conf_back": None}  # frame t+1's flow back to t, from pair t
     buf: list[FramePair] = []
 
-    def run(items: list[FramePair]) -> Iterator[Step]:
-        nonlocal prev_back, prev_conf_back
+    def run(items: list[FramePair]) -> list[Step]:
         t0 = time.perf_counter()
         fwd = [torch.from_numpy(p.forward).permute(2, 0, 1)[None] for p in items]
         flows_in = torch.cat([F.interpolate(f, size=img_size, mode="bilinear", align_corners=False) for f in fwd])
         pred = predict(flows_in)
         times.add("network", t0)
-        for p, f, f_in, pr in zip(items, fwd, flows_in, pred):
-            t0 = time.perf_counter()
-            if keep_flows is not None:
-                keep_flows.append(p.forward.astype(np.float16))
-            f_m = resize_flow(f, img_size, rescale=True)[0]
-            conf_f = conf_b = b_m = None
-            if p.backward is not None:
-                b = torch.from_numpy(p.backward).permute(2, 0, 1)[None]
-                conf_f = forward_backward_confidence(f, b)
-                conf_b = forward_backward_confidence(b, f)
-                conf_f = F.interpolate(conf_f[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
-                conf_b = F.interpolate(conf_b[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
-                b_m = resize_flow(b, img_size, rescale=True)[0]
-            times.add("confidence", t0)
-            frame = p.frame
-            yield Step(p.t, f"{p.t:05d}", pr, f_in, f_m, prev_back, conf_f, prev_conf_back,
-                       meta={"size": p.size,
-                             "base": (lambda fr=frame: cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)) if frame is not None
-                             else None})
-            # frame t+1's flow back to t is this pair's backward flow, on frame t+1's grid
-            prev_back, prev_conf_back = b_m, conf_b
+        with torch_threads(1):
+            return [step_of(p, f, f_in, pr) for p, f, f_in, pr in zip(items, fwd, flows_in, pred)]
+
+    def step_of(p: FramePair, f: torch.Tensor, f_in: torch.Tensor, pr: torch.Tensor) -> Step:
+        t0 = time.perf_counter()
+        if keep_flows is not None:
+            keep_flows.append(p.forward.astype(np.float16))
+        f_m = resize_flow(f, img_size, rescale=True)[0]
+        conf_f = conf_b = b_m = None
+        if p.backward is not None:
+            b = torch.from_numpy(p.backward).permute(2, 0, 1)[None]
+            conf_f = forward_backward_confidence(f, b)
+            conf_b = forward_backward_confidence(b, f)
+            conf_f = F.interpolate(conf_f[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
+            conf_b = F.interpolate(conf_b[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
+            b_m = resize_flow(b, img_size, rescale=True)[0]
+        times.add("confidence", t0)
+        frame = p.frame
+        step = Step(p.t, f"{p.t:05d}", pr, f_in, f_m, prev["back"], conf_f, prev["conf_back"],
+                    meta={"size": p.size,
+                          "base": (lambda fr=frame: cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)) if frame is not None
+                          else None})
+        # frame t+1's flow back to t is this pair's backward flow, on frame t+1's grid
+        prev["back"], prev["conf_back"] = b_m, conf_b
+        return step
 
     for p in pairs:
         buf.append(p)
         if len(buf) == batch:
-            yield from run(buf)
+            yield run(buf)
             buf = []
     if buf:
-        yield from run(buf)
+        yield run(buf)
 
 
 def video_flows_at_model_size(video: str | os.PathLike, model, opts: SegmentOptions) -> torch.Tensor:
@@ -754,15 +811,18 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     bar = _Progress(total, "segmenting", opts.progress)
     pairs = threaded(video_pairs(video, opts, flow_width, opts.overlays or opts.animation, stats, times))
     n = 0
-    for step in _pairs_to_steps(pairs, img_size, predict, opts.batch_size, keep, times):
+    for batch in _pairs_to_steps(pairs, img_size, predict, opts.batch_size, keep, times):
         t0 = time.perf_counter()
-        done = stages.push(step)
+        with torch_threads(1):
+            done = stages.push_many(batch)
         times.add("temporal+significance", t0)
         for s in done:
             writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
             n += 1
             bar.update()
-    for s in stages.finish():
+    with torch_threads(1):
+        last = stages.finish()
+    for s in last:
         writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
         n += 1
         bar.update()
