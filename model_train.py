@@ -3,6 +3,8 @@
     python model_train.py                                   # built-in synthetic demo, CPU-sized
     python model_train.py --path_save_model runs/exp1 --base_dir /data --data_file DataSplit/DAVIS_D16Split \
         --flow_augmentation globalmotionfullquadlight --gpus 1
+    python model_train.py --config runs/exp1/hparams.json --path_save_model runs/exp1b --seed 7
+                                                            # replay exp1's settings, one changed
     emseg-train ...                                         # the same, once installed (pip install -e .)
 
 (``DataSplit/DAVIS_D16Split`` has the train and val lists training reads; ``--base_dir`` is where
@@ -20,9 +22,10 @@ from utils.training import parse_args, run_training
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
 
     def body() -> int:
+        # inside run_cli: a setting that cannot work (ConfigError) is a one-line error, exit code 2
+        args = parse_args(argv)
         summary = run_training(args)
         if summary["path_save_model"]:
             jacc = summary["val_jacc"]
