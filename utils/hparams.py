@@ -316,8 +316,8 @@ def _argparse_kwargs(s: Spec) -> dict[str, Any]:
     elif s.default is not None:
         text += f" (default: {_show(s.default)})".replace("%", "%%")
     kw["help"] = text
-    scalar = _list_item(s.type)
-    kw["type"] = m["parse"] or (scalar if scalar in (int, float) else _scalar_of(s.type))
+    item = _list_item(s.type)
+    kw["type"] = m["parse"] or (item if item is not None else _scalar_of(s.type))
     if kw["type"] is str:
         del kw["type"]
     if m["nargs"] is not None:
