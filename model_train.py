@@ -3,13 +3,12 @@
     python model_train.py                                   # built-in synthetic demo, CPU-sized
     python model_train.py --path_save_model runs/exp1 --base_dir /data --data_file DataSplit/DAVIS_D16Split \
         --flow_augmentation globalmotionfullquadlight --gpus 1
-    python model_train.py --config runs/exp1/hparams.json --path_save_model runs/exp1b --seed 7
-                                                            # replay exp1's settings, one changed
     emseg-train ...                                         # the same, once installed (pip install -e .)
 
 (``DataSplit/DAVIS_D16Split`` has the train and val lists training reads; ``--base_dir`` is where
 their DAVIS paths live.)
 
+``--config RUN/hparams.json`` replays a run's settings (the flags given with it override them).
 All logic lives in utils/training.py; see `python model_train.py --help` for every flag.
 """
 

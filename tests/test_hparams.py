@@ -305,3 +305,21 @@ def test_model_eval_builds_classical_em_from_its_flags():
     assert (em.theta_method, em.em_iterations, em.L, em.param_model, em.v_distance) == ("OLS", 4, 3, "Affine",
                                                                                      "squared")
     assert em.hparams["img_size"] == [32, 48] and "save_dir" not in em.hparams and "batch_size" not in em.hparams
+
+
+@pytest.mark.slow  # two tiny trainings (about 10 s on 2 busy cores)
+def test_a_run_replays_through_the_command_line(tmp_path):
+    import torch
+
+    prefix = make_split(tmp_path / "d", n=3)
+    quick = ["--max_epochs", "1", "--limit_train_batches", "1", "--limit_val_batches", "1", "--log_every_n_steps", "1"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert model_train.main(["--path_save_model", str(first), "--base_dir", str(tmp_path / "d"), "--data_file", prefix,
+                             *TINY, *quick, "--optim.lr", "0.003", "--theta_method", "OLS"]) == 0
+    assert model_train.main(["--config", str(first / "hparams.json"), "--path_save_model", str(second)]) == 0
+    a, b = (json.loads((run / "hparams.json").read_text()) for run in (first, second))
+    assert a.pop("path_save_model") == str(first) and b.pop("path_save_model") == str(second)
+    assert a == b and b["optim.lr"] == 0.003 and b["theta_method"] == "OLS"
+    ckpt_a, ckpt_b = (torch.load(run / "last.ckpt", weights_only=True) for run in (first, second))
+    assert ckpt_a["hyper_parameters"] == ckpt_b["hyper_parameters"] == MethodeB.own_hparams(a)
+    assert ckpt_b[training.RUN_CONFIG_KEY]["path_save_model"] == str(second)
