@@ -293,6 +293,8 @@ def test_clis_turn_config_errors_into_one_line_and_exit_code_2(tmp_path, capsys)
     assert "give a finite --max_epochs" in capsys.readouterr().err
     assert model_eval.main(["--model", "ClassicalEM", "--save_dir", str(tmp_path / "e"), "-L", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --nAffineMasks/-L 0: must be at least 1"
+    assert model_eval.main(["--save_dir", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --ckpt is required for MethodeB (or use --model ClassicalEM)"
     assert not (tmp_path / "e").exists()
 
 
@@ -323,3 +325,13 @@ def test_a_run_replays_through_the_command_line(tmp_path):
     ckpt_a, ckpt_b = (torch.load(run / "last.ckpt", weights_only=True) for run in (first, second))
     assert ckpt_a["hyper_parameters"] == ckpt_b["hyper_parameters"] == MethodeB.own_hparams(a)
     assert ckpt_b[training.RUN_CONFIG_KEY]["path_save_model"] == str(second)
+
+
+def test_classical_em_identity_covers_its_solver():
+    """--resume must not mix frames computed with another --theta_method."""
+    argv = ["--model", "ClassicalEM", "--save_dir", "x", "--img_size", "32", "48"]
+    ids = []
+    for method in ("IRLS", "OLS"):
+        args = evaluation_run.parse_args([*argv, "--theta_method", method])
+        ids.append(evaluation_run.model_identity(args, evaluation_run.load_model(args))["model_sha256"])
+    assert ids[0] != ids[1]

@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(parser, argv)
     if args.model == "MethodeB" and args.ckpt is None:
-        parser.error("--ckpt is required for MethodeB (or use --model ClassicalEM)")
+        raise ConfigError("--ckpt is required for MethodeB (or use --model ClassicalEM)")
     check_positive(vars(args), {"batch_size": "--batch_size", "nAffineMasks": "--nAffineMasks/-L",
                                 "em_iterations": "--em_iterations"})
     if args.num_workers is not None and args.num_workers < 0:
@@ -136,7 +136,7 @@ def model_identity(args: argparse.Namespace, model: pl.LightningModule) -> dict[
     import json
 
     if args.model == "ClassicalEM":
-        hp = {k: model.hparams.get(k) for k in ("nAffineMasks", "param_model", "v_distance", "em_iterations")}
+        hp = {k: model.hparams.get(k) for k in ClassicalEM.CLI_FLAGS}  # every flag that changes its output
         digest = hashlib.sha256(("ClassicalEM" + json.dumps(hp, sort_keys=True)).encode()).hexdigest()
     else:
         digest = file_sha256(args.ckpt)
