@@ -17,9 +17,10 @@ from utils.run_checks import run_cli
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
 
     def body() -> int:
+        # inside run_cli: a setting that cannot work (ConfigError) is a one-line error, exit code 2
+        args = parse_args(argv)
         results = run_evaluation(args)
         for step, res in results.items():
             if res:

@@ -8,6 +8,7 @@
 (``DataSplit/DAVIS_D16Split`` has the train and val lists training reads; ``--base_dir`` is where
 their DAVIS paths live.)
 
+``--config RUN/hparams.json`` replays a run's settings (the flags given with it override them).
 All logic lives in utils/training.py; see `python model_train.py --help` for every flag.
 """
 
@@ -20,9 +21,10 @@ from utils.training import parse_args, run_training
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
 
     def body() -> int:
+        # inside run_cli: a setting that cannot work (ConfigError) is a one-line error, exit code 2
+        args = parse_args(argv)
         summary = run_training(args)
         if summary["path_save_model"]:
             jacc = summary["val_jacc"]

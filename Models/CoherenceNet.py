@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evaluationmodule.BinarisationModule import BINARY_METHODS, BinarisationModule
+from evaluationmodule.BinarisationModule import BinarisationModule
 from Models.LitSegmentationModel import LitSegmentationModel
 from utils import coherence_math as cm
+from utils import hparams as H
 from utils.evaluations import db_eval_iou
 
 logger = logging.getLogger(__name__)
@@ -42,13 +43,7 @@ class CoherenceNet(LitSegmentationModel):
     (B,), and adds ``theta`` (B, L, ft, 2) and ``ParametricFlow`` (B, 2, I, J) to the batch.
     """
 
-    HPARAM_DEFAULTS: dict[str, Any] = {
-        "param_model": "Quadratic",
-        "v_distance": "l1",
-        "theta_method": "IRLS",
-        "entropy_weight": 0.01,
-        "binary_method": "exceptbiggest",
-    }
+    HPARAM_GROUPS: tuple[type, ...] = (H.LossHparams,)
     #: validation frames drawn in the figure sent to the logger each epoch
     n_figure_frames = 4
 
@@ -73,18 +68,7 @@ class CoherenceNet(LitSegmentationModel):
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parent_parser = LitSegmentationModel.add_specific_args(parent_parser)
-        d = CoherenceNet.HPARAM_DEFAULTS
-        g = parent_parser.add_argument_group("coherence loss")
-        g.add_argument("--param_model", default=d["param_model"], choices=list(cm.FT),
-                       help="parametric motion model fitted to each mask")
-        g.add_argument("--v_distance", default=d["v_distance"], choices=list(cm.V_DISTANCES),
-                       help="distance between the flow and each mask's parametric flow")
-        g.add_argument("--theta_method", default=d["theta_method"], choices=list(cm.THETA_METHODS),
-                       help="M-step solver: IRLS (robust, fast), OLS (weighted least squares), "
-                            "Optim (the original's L-BFGS, slow)")
-        g.add_argument("--entropy_weight", type=float, default=d["entropy_weight"])
-        g.add_argument("--binary_method", default=d["binary_method"], choices=list(BINARY_METHODS),
-                       help="turning L masks into one foreground mask")
+        H.add_arguments(parent_parser.add_argument_group("coherence loss"), H.LossHparams)
         return parent_parser
 
     # ----------------------------------------------------------------------------------------

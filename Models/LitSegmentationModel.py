@@ -14,8 +14,9 @@ from torch import Tensor
 
 from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
-from Models.LitBackbone import BACKBONES, BatchPreparator, LitBackbone
+from Models.LitBackbone import LitBackbone
 from Models.LitHead import LitHead
+from utils import hparams as H
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +61,13 @@ class LitSegmentationModel(pl.LightningModule):
     """Network (``backbone_model`` U-Net + ``head_model``) and the training loop plumbing.
 
     Subclasses define ``Criterion(batch)``. Hyperparameters are the command-line names of the
-    authors' code (dotted ones included, e.g. ``'unet.num_layers'``); every one has a default and
-    unknown names (a stored Trainer or data flag) are kept in ``hparams`` but otherwise ignored.
+    authors' code (dotted ones included, e.g. ``'unet.num_layers'``), defined with their defaults
+    in ``utils/hparams.py`` (the groups named by each class's ``HPARAM_GROUPS``); unknown names (a
+    Trainer or data flag an older checkpoint stored) are kept in ``hparams`` but otherwise ignored.
     """
 
-    #: name → default for every hyperparameter this class reads.
-    HPARAM_DEFAULTS: dict[str, Any] = {
-        "nAffineMasks": 2,
-        "backbone": "unet",
-        "features_backbone": 32,
-        **UNetAbstract.DEFAULTS,
-        "inputs": ["Flow"],
-        "optim.name": "Adam",
-        "optim.lr": 1e-4,
-        "optim.weight_decay": 0.0,
-        "optim.schedule": "constant",
-        "img_size": [128, 224],
-    }
+    #: the groups of ``utils/hparams.py`` whose settings this class reads (subclasses add theirs)
+    HPARAM_GROUPS: tuple[type, ...] = (H.NetworkHparams, H.UNetHparams, H.OptimHparams, H.InputHparams)
     has_network = True
 
     def __init__(self, **kwargs: Any) -> None:
@@ -106,32 +97,38 @@ class LitSegmentationModel(pl.LightningModule):
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        """name → default of every hyperparameter this class reads (read from ``utils/hparams.py``
+        at each call)."""
+        out = H.defaults(*cls.all_hparam_groups())
         for klass in reversed(cls.__mro__):
-            out.update(vars(klass).get("HPARAM_DEFAULTS", {}))
+            out.update(vars(klass).get("HPARAM_DEFAULTS", {}))  # a subclass's own, outside utils/hparams
         return out
+
+    @classmethod
+    def all_hparam_groups(cls) -> tuple[type, ...]:
+        """The ``utils/hparams.py`` groups of this class and its bases, base first."""
+        out: list[type] = []
+        for klass in reversed(cls.__mro__):
+            out += [g for g in vars(klass).get("HPARAM_GROUPS", ()) if g not in out]
+        return tuple(out)
+
+    @classmethod
+    def own_hparams(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The entries of a run's ``config`` that are this model's hyperparameters (not Trainer or data flags)."""
+        names = cls.all_hparam_defaults()
+        return {k: v for k, v in config.items() if k in names}
 
     # ----------------------------------------------------------------------------------------
     # Command line
     # ----------------------------------------------------------------------------------------
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """Network and optimiser flags, with the authors' names and defaults."""
-        d = LitSegmentationModel.HPARAM_DEFAULTS
+        """Network and optimiser flags, with the authors' names (defaults: ``utils/hparams.py``)."""
         g = parent_parser.add_argument_group("network")
-        g.add_argument("--nAffineMasks", "-L", type=int, default=d["nAffineMasks"], help="number of masks L")
-        g.add_argument("--backbone", "-bb", default=d["backbone"], choices=list(BACKBONES),
-                       help="unet, or fake: no backbone weights (the input channels repeated), only the head learns")
-        g.add_argument("--features_backbone", type=int, default=d["features_backbone"])
+        H.add_arguments(g, H.NetworkHparams, exclude=["inputs"])
         UNetAbstract.add_specific_args(parent_parser, g)
-        g.add_argument("--inputs", nargs="+", default=list(d["inputs"]), choices=list(BatchPreparator.TYPES),
-                       help="network inputs, concatenated on channels")
-        g.add_argument("--optim.name", default=d["optim.name"], choices=["Adam", "RMSprop"])
-        g.add_argument("--optim.lr", type=float, default=d["optim.lr"])
-        g.add_argument("--optim.weight_decay", type=float, default=d["optim.weight_decay"])
-        g.add_argument("--optim.schedule", default=d["optim.schedule"], choices=["constant", "cosine"],
-                       help="learning rate over the run: constant (the authors'), or cosine decay to zero "
-                            "over max_epochs, stepped every batch")
+        H.add_arguments(g, H.NetworkHparams, only=["inputs"])
+        H.add_arguments(g, H.OptimHparams)
         return parent_parser
 
     # ----------------------------------------------------------------------------------------

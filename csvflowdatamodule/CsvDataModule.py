@@ -22,8 +22,13 @@ from torch.utils.data import DataLoader
 
 from csvflowdatamodule.CsvDataset import CsvDataset
 from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NORMALISATIONS, TransformsComposer
+from utils import hparams as H
 
 logger = logging.getLogger(__name__)
+
+# the constructor's defaults are the flags' (utils/hparams.py)
+_DATA = H.DataHparams()
+_INPUT = H.InputHparams()
 
 STEPS: tuple[str, ...] = ("train", "val", "test")
 STAGE_STEPS: dict[str | None, tuple[str, ...]] = {
@@ -124,13 +129,14 @@ class CsvDataModule(pl.LightningDataModule):
         and Image, so unlabelled splits train; pass ``()`` to require every requested column.
     """
 
-    def __init__(self, data_path: str, base_dir: str, batch_size: int = 10,
+    def __init__(self, data_path: str, base_dir: str, batch_size: int = _DATA.batch_size,
                  request: Iterable[str] = ("Flow", "Image", "GtMask"),
-                 img_size: Sequence[int] | None = (128, 224), subsample_train: int = 1, shuffle_fit: bool = True,
-                 num_workers: int | None = None, flow_normalisation: str = "none",
-                 flow_augmentation: str = "none", val_augment: bool = False, strict_data: bool = False,
-                 optional_columns: Iterable[str] = ("GtMask", "Image"), pin_memory: bool = False,
-                 flow_noise: float = 0.0) -> None:
+                 img_size: Sequence[int] | None = tuple(_INPUT.img_size),
+                 subsample_train: int = _DATA.subsample_train, shuffle_fit: bool = True,
+                 num_workers: int | None = _DATA.num_workers, flow_normalisation: str = _DATA.flow_normalisation,
+                 flow_augmentation: str = _DATA.flow_augmentation, val_augment: bool = _DATA.val_augment,
+                 strict_data: bool = _DATA.strict_data, optional_columns: Iterable[str] = ("GtMask", "Image"),
+                 pin_memory: bool = False, flow_noise: float = _DATA.flow_noise) -> None:
         super().__init__()
         if flow_normalisation not in FLOW_NORMALISATIONS:
             raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, "
@@ -230,26 +236,9 @@ class CsvDataModule(pl.LightningDataModule):
     def add_specific_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         """Add the data flags to ``parser`` and return it."""
         g = parser.add_argument_group("CsvDataModule")
-        g.add_argument("--batch_size", type=int, default=10, help="samples per batch (default 10)")
-        g.add_argument("--subsample_train", type=int, default=1, help="keep every n-th training sample")
-        g.add_argument("--img_size", "--image_size", dest="img_size", type=int, nargs=2, default=[128, 224],
-                       metavar=("H", "W"), help="size the inputs are resized to (default 128 224)")
-        g.add_argument("--base_dir", type=str, default=None,
-                       help="directory the DataSplit paths are relative to")
-        g.add_argument("--data_file", type=str, default=None,
-                       help="DataSplit prefix (NAME → NAME_{train,val,test}.csv) or a pattern with '{}'; "
-                            "default: the built-in synthetic dataset")
-        g.add_argument("--val_augment", action="store_true", help="augment the validation flows too")
-        g.add_argument("--flow_normalisation", type=str, default="none", choices=list(FLOW_NORMALISATIONS))
-        g.add_argument("--flow_augmentation", type=str, default="none", choices=list(FLOW_AUGMENTATIONS),
-                       help="global motion added to training flows (paper: globalmotionfullquadlight)")
-        g.add_argument("--flow_noise", type=float, default=0.0,
-                       help="probability that a training flow gets estimator-like noise blobs, placed in "
-                            "low-texture regions when the split has images (default 0: off)")
-        g.add_argument("--num_workers", type=int, default=default_num_workers(),
-                       help="DataLoader workers (default: the CPUs available, at most 8)")
-        g.add_argument("--strict_data", action="store_true",
-                       help="stop at the first missing or corrupt file instead of skipping the sample")
+        H.add_arguments(g, H.DataHparams, only=["batch_size", "subsample_train"])
+        H.add_arguments(g, H.InputHparams, only=["img_size"])
+        H.add_arguments(g, H.DataHparams, exclude=["batch_size", "subsample_train"])
         return parser
 
     @classmethod

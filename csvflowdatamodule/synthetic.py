@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from csvflowdatamodule.CsvDataset import flow_to_rgb, write_flow
+from utils import hparams as H
 from utils.coherence_math import make_basis
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 COLUMNS: tuple[str, ...] = ("Flow", "Image", "GtMask", "FlowRGB")
 DEFAULT_NAME = "synthetic"
 DEFAULT_SIZES = {"n_train": 600, "n_val": 100, "n_test": 100}
-DEFAULT_IMG_SIZE = (128, 224)
+DEFAULT_IMG_SIZE: tuple[int, int] = tuple(H.default("img_size", H.InputHparams))  # the model's input size
 DEFAULT_SEED = 0
 FRAMES_PER_SEQUENCE = 10
 CACHE_SUBDIR = f"em_motion_segmentation/synthetic_v{GENERATOR_VERSION}"

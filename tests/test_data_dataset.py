@@ -236,7 +236,8 @@ def test_add_specific_args_and_from_args(tmp_path):
     assert d.batch_size == 10 and d.img_size == [128, 224] and d.subsample_train == 1
     assert d.flow_normalisation == "none" and d.flow_augmentation == "none"
     assert not d.val_augment and not d.strict_data and d.data_file is None and d.base_dir is None
-    assert d.num_workers == default_num_workers() and 0 <= d.num_workers <= 8
+    assert d.num_workers is None  # "the CPUs available", resolved by the data module:
+    assert CsvDataModule("x_{}.csv", "").num_workers == default_num_workers() and 0 <= default_num_workers() <= 8
     assert parser.parse_args(["--image_size", "64", "112"]).img_size == [64, 112]
     with pytest.raises(SystemExit):
         parser.parse_args(["--flow_augmentation", "globalmotionhuge"])

@@ -142,6 +142,6 @@ def test_batch_too_large_for_memory_says_what_to_lower(tiny_split, tmp_path, mon
     monkeypatch.setattr(MethodeB, "prediction", explode)
     args = training.parse_args(["--path_save_model", str(tmp_path / "oom"), "--base_dir", base, "--data_file",
                                 prefix, *SMALL, "--max_epochs", "1", "--batch_size", "8"])
-    with pytest.raises(SystemExit, match=r"out of memory with --batch_size 8.*lower --batch_size"):
+    with pytest.raises(training.OutOfMemoryConfigError, match=r"out of memory with --batch_size 8.*lower --batch_size"):
         training.run_training(args)
     assert not (tmp_path / "oom" / ".run.lock").exists()  # the lock is released on the way out

@@ -40,6 +40,7 @@ from evaluationmodule.SaveModule import write_mask_png
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
+from utils import hparams as H
 from utils.atomic_io import atomic_write, atomic_write_text
 from utils.figures import frame_figure, save_figure
 from utils.quiet_logs import quiet_library_logs
@@ -62,64 +63,60 @@ MODELS = {"MethodeB": MethodeB, "ClassicalEM": ClassicalEM}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The evaluation flags; ClassicalEM's, the data's and the Trainer's come from ``utils/hparams.py``."""
     p = argparse.ArgumentParser(description="Evaluate a trained model (or ClassicalEM) on DataSplit steps.")
     p.add_argument("--ckpt", default=None, help="checkpoint (.ckpt) of a trained MethodeB")
     p.add_argument("--model", default="MethodeB", choices=list(MODELS),
-                   help="ClassicalEM needs no checkpoint (the non-learned EM baseline)")
+                   help="ClassicalEM needs no checkpoint (the non-learned EM baseline) (default: %(default)s)")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a checkpoint that needs arbitrary unpickling (the authors' legacy files); "
                         "only for files you trust")
     p.add_argument("--save_dir", required=True, help="where results and per-frame outputs go")
-    p.add_argument("--steps", nargs="+", default=["test"], choices=["train", "val", "test"])
+    p.add_argument("--steps", nargs="+", default=["test"], choices=["train", "val", "test"],
+                   help="the DataSplit steps to evaluate (default: test)")
     p.add_argument("--draw_figs", action="store_true", help="a figure per frame")
     p.add_argument("--save_npy", action="store_true", help="probabilities per frame (L × I × J .npy)")
     p.add_argument("--save_mask", action="store_true", help="binary mask per frame (.png)")
-    p.add_argument("--binary_method_gen", default=None, choices=["exceptbiggest", "fair"],
+    p.add_argument("--binary_method_gen", default=None, choices=list(H.BINARY_METHODS),
                    help="binarisation of the generated masks (default: the model's)")
     p.add_argument("--min_motion", type=float, default=0.0,
                    help="keep a foreground region only if it moves unlike the background's fitted motion by "
                         "more than this many times the flow's noise (segment.py's default is 2); default 0: "
                         "the paper's plain binarisation, comparable with published numbers")
     p.add_argument("--resume", action="store_true", help="skip frames whose outputs are already complete")
-    g = p.add_argument_group("ClassicalEM (with --model ClassicalEM)")
-    g.add_argument("--nAffineMasks", "-L", type=int, default=2)
-    g.add_argument("--param_model", default="Quadratic", choices=["Affine", "Quadratic"])
-    g.add_argument("--v_distance", default="l1", choices=["squared", "l1", "l2"])
-    g.add_argument("--em_iterations", type=int, default=20)
+    ClassicalEM.add_specific_args(p)
     CsvDataModule.add_specific_args(p)
     add_trainer_args(p, training=False)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The evaluation settings; raises ConfigError (one line naming the flag) for settings that cannot work."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(parser, argv)
     if args.model == "MethodeB" and args.ckpt is None:
-        parser.error("--ckpt is required for MethodeB (or use --model ClassicalEM)")
-    try:
-        check_positive(vars(args), {"batch_size": "--batch_size", "nAffineMasks": "--nAffineMasks/-L",
-                                    "em_iterations": "--em_iterations"})
-        if args.num_workers < 0:
-            raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
-        check_img_size(args.img_size)
-        check_cuda(args.accelerator)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise ConfigError("--ckpt is required for MethodeB (or use --model ClassicalEM)")
+    check_positive(vars(args), {"batch_size": "--batch_size", "nAffineMasks": "--nAffineMasks/-L",
+                                "em_iterations": "--em_iterations"})
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
+    check_img_size(args.img_size)
+    check_cuda(args.accelerator)
     if args.model == "ClassicalEM":
         warn_single_mask(args.nAffineMasks)
     return args
 
 
 def load_model(args: argparse.Namespace) -> pl.LightningModule:
+    """ClassicalEM built from its flags (and --img_size), or MethodeB from ``--ckpt``."""
     if args.model == "ClassicalEM":
-        hp = {k: getattr(args, k) for k in ("nAffineMasks", "param_model", "v_distance", "em_iterations", "img_size")}
-        return ClassicalEM(**hp)
+        return ClassicalEM(**ClassicalEM.own_hparams(vars(args)))
     try:
         return MethodeB.load_from_checkpoint(args.ckpt, trust_checkpoint=args.trust_checkpoint)
     except CheckpointError as err:
-        raise SystemExit(f"--ckpt: {err}") from None
+        raise ConfigError(f"--ckpt: {err}") from None
 
 
 def sequence_of(path: str) -> str:
@@ -139,7 +136,7 @@ def model_identity(args: argparse.Namespace, model: pl.LightningModule) -> dict[
     import json
 
     if args.model == "ClassicalEM":
-        hp = {k: model.hparams.get(k) for k in ("nAffineMasks", "param_model", "v_distance", "em_iterations")}
+        hp = {k: model.hparams.get(k) for k in ClassicalEM.CLI_FLAGS}  # every flag that changes its output
         digest = hashlib.sha256(("ClassicalEM" + json.dumps(hp, sort_keys=True)).encode()).hexdigest()
     else:
         digest = file_sha256(args.ckpt)

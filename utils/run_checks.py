@@ -11,15 +11,13 @@ from typing import Any
 
 import torch
 
+from utils.hparams import ConfigError
+
 logger = logging.getLogger(__name__)
 
 #: the largest network accepted: 4e9 parameters is 16 GB of float32 weights, 64 GB with Adam's
 #: moments and the gradients, far beyond any U-Net this model needs (the paper's has 5e8)
 MAX_PARAMETERS = 4_000_000_000
-
-
-class ConfigError(ValueError):
-    """A command-line setting that cannot work; the message names the flag."""
 
 
 def min_input_side(num_layers: int) -> int:

@@ -9,20 +9,10 @@ from typing import Any
 
 import torch
 
+from utils import hparams as H
+from utils.hparams import ConfigError
+
 logger = logging.getLogger(__name__)
-
-
-def _int_or_float(v: str) -> int | float:
-    f = float(v)
-    return int(f) if f.is_integer() and "." not in v else f
-
-
-def _devices(v: str) -> Any:
-    if v == "auto":
-        return v
-    if "," in v:
-        return [int(x) for x in v.split(",") if x != ""]
-    return int(v)
 
 
 def parse_gpus(values: list[str] | None) -> int | list[int] | None:
@@ -40,31 +30,9 @@ def parse_gpus(values: list[str] | None) -> int | list[int] | None:
 
 
 def add_trainer_args(parser: argparse.ArgumentParser, training: bool = True) -> argparse.ArgumentParser:
+    """The Trainer flags (``utils/hparams.TrainerHparams``; with ``training`` also ``FitHparams``)."""
     g = parser.add_argument_group("trainer")
-    g.add_argument("--gpus", nargs="+", default=None,
-                   help="GPUs to use: a count (--gpus 2) or ids (--gpus 0 2); sets the GPU accelerator")
-    g.add_argument("--accelerator", default="auto", help="cpu, gpu, auto …")
-    g.add_argument("--devices", type=_devices, default="auto", help="a count, ids like 0,1, or auto")
-    g.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn …")
-    g.add_argument("--num_nodes", type=int, default=1)
-    g.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed …")
-    g.add_argument("--limit_val_batches", type=_int_or_float, default=1.0)
-    g.add_argument("--limit_test_batches", type=_int_or_float, default=1.0)
-    g.add_argument("--deterministic", action="store_true", help="use deterministic algorithms")
-    g.add_argument("--seed", type=int, default=123)
-    g.add_argument("--logger", default="csv", choices=["csv", "tensorboard", "wandb", "none"],
-                   help="where metrics and figures go (wandb runs offline, no account needed)")
-    if training:
-        g.add_argument("--max_epochs", type=int, default=None)
-        g.add_argument("--max_steps", type=int, default=-1)
-        g.add_argument("--max_time", default=None, help="stop after this wall time, DD:HH:MM:SS (checkpoints kept)")
-        g.add_argument("--limit_train_batches", type=_int_or_float, default=1.0)
-        g.add_argument("--check_val_every_n_epoch", type=int, default=1)
-        g.add_argument("--log_every_n_steps", type=int, default=50)
-        g.add_argument("--fast_dev_run", type=_int_or_float, default=0,
-                       help="run N batches of train and val to check the setup (nothing saved)")
-        g.add_argument("--ckpt_path", default=None,
-                       help="resume from a checkpoint; 'last' = PATH_SAVE_MODEL/last.ckpt")
+    H.add_arguments(g, H.TrainerHparams, *([H.FitHparams] if training else []))
     return parser
 
 
@@ -73,8 +41,8 @@ def accelerator_and_devices(args: argparse.Namespace) -> tuple[str, Any]:
     if gpus is None:
         return args.accelerator, args.devices
     if not torch.cuda.is_available():
-        raise SystemExit(f"--gpus {args.gpus}: no CUDA GPU is visible on this machine; "
-                         f"drop --gpus to train on the CPU (or use --accelerator cpu)")
+        raise ConfigError(f"--gpus {' '.join(args.gpus)}: no CUDA GPU is visible on this machine; "
+                          f"drop --gpus to train on the CPU (or use --accelerator cpu)")
     if gpus == 0:
         return "cpu", "auto"
     return "gpu", gpus

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -17,10 +18,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule
 from Models.CoherenceNets.MethodeB import MethodeB
+from utils import hparams as H
+from utils.hparams import DEMO_DEFAULTS, PAPER_MAX_EPOCHS, ConfigError
 from utils.quiet_logs import allow_run_files_in_checkpoint_dir, quiet_library_logs
 from utils.results import RunLock, atomic_write_json
 from utils.run_checks import (
-    ConfigError,
     check_cuda,
     check_img_size,
     check_network,
@@ -32,35 +34,37 @@ from utils.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 
 logger = logging.getLogger(__name__)
 
-#: the built-in demo: what a 2-core CPU trains in a few minutes (used when no --data_file is given,
-#: for every flag the user did not set)
-DEMO_DEFAULTS: dict[str, Any] = {
-    "unet.num_layers": 4,
-    "unet.features_start": 16,
-    "max_epochs": 4,
-    "flow_augmentation": "globalmotionfullquadlight",
-    "optim.lr": 1e-3,
-}
-PAPER_MAX_EPOCHS = 100
+#: the checkpoint entry holding the run's settings (the model's own are its ``hyper_parameters``)
+RUN_CONFIG_KEY = "run_config"
+#: run state kept on the parsed arguments, never recorded in hparams.json
+NOT_RECORDED = ("demo", "explicit", "config")
+#: where a run goes, not what it computes: a replayed --config never takes these (a replay is a new
+#: run; it must not resume, or write into, the run it replays)
+REPLAY_SKIPS = ("path_save_model", "ckpt_path")
+
+
+def demo_help() -> str:
+    """What --help says about the built-in demo's defaults."""
+    changed = ", ".join(f"--{k} {v}" for k, v in DEMO_DEFAULTS.items())
+    return textwrap.fill(
+        f"Without --data_file the built-in demo runs: a CPU-sized model on the built-in synthetic dataset, and "
+        f"these defaults change (for every flag not given): {changed}. With --data_file, --max_epochs defaults to "
+        f"{PAPER_MAX_EPOCHS} (the paper's) and every other flag to the default shown above.", width=100)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The training flags; every default comes from ``utils/hparams.py``."""
     parser = argparse.ArgumentParser(
         description="Train the EM-driven motion segmentation model (MethodeB). Without --data_file it "
-                    "trains a CPU-sized model on the built-in synthetic dataset.")
-    parser.add_argument("--path_save_model", default=None,
-                        help="directory for checkpoints, results.csv, logs and hyperparameters")
-    parser.add_argument("--model_type", default="coherence_B", choices=["coherence_B"],
-                        help="the authors' name for MethodeB")
-    parser.add_argument("--init_ckpt", default=None,
-                        help="start from these weights (fine-tuning: fresh optimiser and epoch count; the "
-                             "architecture flags must match); unlike --ckpt_path, which resumes a run")
-    parser.add_argument("--trust_checkpoint", action="store_true",
-                        help="allow --init_ckpt to need arbitrary unpickling (the authors' legacy files)")
-    parser.add_argument("--flow_width", type=int, default=None,
-                        help="width the frames were downscaled to before their flows were computed "
-                             "(extract_flow --max_width); recorded in the checkpoint, so that segment.py --video "
-                             "computes flows at the scale the model was trained on")
+                    "trains a CPU-sized model on the built-in synthetic dataset.",
+        epilog=demo_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, metavar="RUN/hparams.json",
+                        help="replay a run: every setting from its hparams.json (or Lightning's hparams.yaml); "
+                             "flags given here override it. Its path_save_model and ckpt_path are not taken: "
+                             "the replay is a new run (give --path_save_model)")
+    g = parser.add_argument_group("run")
+    H.add_arguments(g, H.RunHparams)
+    H.add_arguments(g, H.InputHparams, only=["flow_width"])
     MethodeB.add_specific_args(parser)
     CsvDataModule.add_specific_args(parser)
     add_trainer_args(parser, training=True)
@@ -68,54 +72,75 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations the user set on the command line (not left at their defaults)."""
+    """Destinations the user set on the command line (not left at their defaults, wherever those
+    came from). argparse fills in a default only where the namespace it is given has no value, so
+    parsing into a namespace that holds a marker everywhere leaves the marker on every flag not given."""
+    marker = object()
+    probe = argparse.Namespace(**{k: marker for k in vars(parser.parse_args(argv))})
+    parser.parse_args(argv, namespace=probe)
+    return {k for k, v in vars(probe).items() if v is not marker}
+
+
+def config_path_of(argv: list[str]) -> str | None:
+    """``--config PATH`` of a command line (read before the full parse: it sets the defaults)."""
     probe = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:  # same flags, every default suppressed
-        if not action.option_strings or action.dest == "help":
-            continue
-        kw: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
-        if action.nargs == 0:
-            kw["action"] = "store_const"
-            kw["const"] = action.const
-        else:
-            kw["nargs"] = action.nargs
-        probe.add_argument(*action.option_strings, **kw)
-    known, _ = probe.parse_known_args(argv)
-    return set(vars(known))
+    probe.add_argument("--config", default=None)
+    return probe.parse_known_args(argv)[0].config
+
+
+def replayed_settings(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The settings of the config file at ``path``, checked against this parser's flags (an
+    unknown key or a bad value is a ConfigError naming it and the file), minus ``REPLAY_SKIPS``."""
+    dests = set(vars(parser.parse_args([])))
+    known = {k: s for k, s in H.spec_map(*H.ALL_GROUPS).items() if k in dests}
+    settings = H.check_config(H.read_config(path), path, known)
+    for key in REPLAY_SKIPS:
+        if settings.pop(key, None) is not None:
+            logger.info("--config %s: not taking its %s (a replay is a new run)", path, key)
+    return settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The training settings: defaults (``utils/hparams.py``), then ``--config``'s, then the
+    command line's; the demo's defaults fill what none of those set when there is no --data_file.
+    Raises ConfigError (a one-line message naming the flag or file) for settings that cannot work."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    config = config_path_of(argv)
+    replayed = replayed_settings(parser, config) if config else {}
+    parser.set_defaults(**replayed)
     args = parser.parse_args(argv)
     args.demo = args.data_file is None
-    args.explicit = explicit_flags(parser, argv)
+    args.explicit = explicit_flags(parser, argv) | set(replayed)
     if args.demo:
         for key, value in DEMO_DEFAULTS.items():
             if key not in args.explicit:
                 setattr(args, key, value)
     elif args.max_epochs is None:
         args.max_epochs = PAPER_MAX_EPOCHS
-    if getattr(args, "optim.schedule") == "cosine" and args.max_epochs < 0 and args.max_steps <= 0:
-        parser.error("--optim.schedule cosine decays over the whole run: give a finite --max_epochs "
-                     f"(got {args.max_epochs}) or --max_steps")
-    try:
-        check_training_args(args)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+    check_training_args(args)
     return args
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting of the run (what ``hparams.json`` records, and ``--config`` replays)."""
+    return {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
 
 
 def check_training_args(args: argparse.Namespace) -> None:
     """Settings that cannot work are refused here, before a folder is made or memory allocated."""
     hp = vars(args)
     check_positive(hp, {"batch_size": "--batch_size", "subsample_train": "--subsample_train"})
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
     check_network(hp)
     check_img_size(args.img_size, int(hp["unet.num_layers"]))
     if not float(hp["optim.lr"]) >= 0 or not math.isfinite(float(hp["optim.lr"])):
         raise ConfigError(f"--optim.lr {hp['optim.lr']}: must be a finite number >= 0")
+    if hp["optim.schedule"] == "cosine" and args.max_epochs is not None and args.max_epochs < 0 \
+            and args.max_steps <= 0:
+        raise ConfigError("--optim.schedule cosine decays over the whole run: give a finite --max_epochs "
+                          f"(got {args.max_epochs}) or --max_steps")
     check_cuda(args.accelerator)
     warn_single_mask(args.nAffineMasks)
 
@@ -125,7 +150,7 @@ RESUME_MAY_CHANGE = frozenset({
     "ckpt_path", "max_epochs", "max_steps", "max_time", "num_workers", "devices", "accelerator", "strategy",
     "num_nodes", "gpus", "logger", "log_every_n_steps", "trust_checkpoint", "limit_val_batches",
     "limit_test_batches", "limit_train_batches", "check_val_every_n_epoch", "precision", "deterministic",
-    "fast_dev_run", "path_save_model", "strict_data", "init_ckpt", "explicit", "demo",
+    "fast_dev_run", "path_save_model", "strict_data", "init_ckpt", "explicit", "demo", "config",
 })
 
 
@@ -192,13 +217,16 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--ckpt_path last needs --path_save_model (the run to resume)")
         ckpt_path = os.path.join(save_dir, "last.ckpt")
         if not os.path.exists(ckpt_path):
-            raise SystemExit(f"--ckpt_path last: {ckpt_path} does not exist (nothing to resume)")
+            raise ConfigError(f"--ckpt_path last: {ckpt_path} does not exist (nothing to resume)")
     if ckpt_path is not None:
         from Models.checkpoint_io import check_resume_checkpoint, read_checkpoint
 
         check_resume_checkpoint(ckpt_path)
-        stored = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
-        adopted = reconcile_resume(args, dict(stored))
+        ckpt = read_checkpoint(ckpt_path)
+        # the model's hyperparameters, and the rest of the run's settings (older runs stored all of
+        # them as hyperparameters)
+        stored = {**(ckpt.get("hyper_parameters") or {}), **(ckpt.get(RUN_CONFIG_KEY) or {})}
+        adopted = reconcile_resume(args, stored)
         if adopted:
             logger.info("resuming with the run's own settings for %s", ", ".join(sorted(adopted)))
         check_training_args(args)
@@ -214,9 +242,9 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         dm.setup_dataset(step)
     if len(dm.datasets["train"]) == 0:
         raise ConfigError(f"--data_file: the train split {dm.split_path('train')} has no rows: nothing to train on")
-    hparams = {k: v for k, v in vars(args).items() if k not in ("demo", "explicit")}
-    hparams["base_dir"], hparams["data_file"] = dm.base_dir, dm.data_path
-    model = MethodeB(**hparams)
+    config = run_config(args)
+    config["base_dir"], config["data_file"] = dm.base_dir, dm.data_path
+    model = MethodeB(**MethodeB.own_hparams(config))
     if args.init_ckpt:
         from Models.checkpoint_io import CheckpointError, read_checkpoint
 
@@ -224,7 +252,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
             state = read_checkpoint(args.init_ckpt, trust=args.trust_checkpoint)["state_dict"]
             model.load_state_dict(state, strict=True)
         except (CheckpointError, RuntimeError) as err:
-            raise SystemExit(f"--init_ckpt {args.init_ckpt}: {str(err)[:800]}") from None
+            raise ConfigError(f"--init_ckpt {args.init_ckpt}: {str(err)[:800]}") from None
         logger.info("initialised the weights from %s", args.init_ckpt)
 
     quiet_library_logs()
@@ -243,7 +271,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
                                  monitor="epoch_val_loss", mode="min", save_top_k=1, save_on_train_epoch_end=False)
         last_cb = LastCheckpoint(os.path.join(save_dir, "last.ckpt"), ckpt_cb)
         # Order matters: an epoch's rows are on disk before the checkpoint that skips that epoch.
-        callbacks += [ResultsWriter(save_dir), HparamsWriter(os.path.join(save_dir, "hparams.json"), hparams),
+        callbacks += [ResultsWriter(save_dir), HparamsWriter(os.path.join(save_dir, "hparams.json"), config),
                       last_cb, ckpt_cb]
     try:
         lg = make_logger(args.logger, save_dir, name="logs") if save_dir is not None else False
@@ -255,7 +283,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
-            raise SystemExit(out_of_memory_message(args, err)) from None
+            raise OutOfMemoryConfigError(out_of_memory_message(args, err)) from None
     finally:
         if lock is not None:
             lock.release()
@@ -279,8 +307,10 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class HparamsWriter(pl.Callback):
-    """``hparams.json`` once the run has really started (a resumed run's checkpoint restored), so a
-    start that fails never replaces the record of the run that is there."""
+    """``hparams.json`` (every setting of the run, which ``--config`` replays) once the run has
+    really started (a resumed run's checkpoint restored), so a start that fails never replaces the
+    record of the run that is there; the same settings go into every checkpoint (``RUN_CONFIG_KEY``),
+    next to the model's own hyperparameters, for a resume to compare with."""
 
     def __init__(self, path: str, hparams: dict[str, Any]) -> None:
         self.path, self.hparams = path, hparams
@@ -288,6 +318,9 @@ class HparamsWriter(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             atomic_write_json(self.path, self.hparams)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RUN_CONFIG_KEY] = dict(self.hparams)
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -349,6 +382,10 @@ class LastCheckpoint(pl.Callback):
             os.replace(tmp, self.path)
         if self.best is not None:
             self.best.flush_removals(trainer)
+
+
+class OutOfMemoryConfigError(ConfigError):
+    """The run does not fit in memory at these settings; the message says which flags to lower."""
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils import hparams as H
+
 NORMALISATIONS = ("InstanceNorm", "BatchNorm", "None")
 
 
@@ -84,30 +86,15 @@ class Up(nn.Module):
 class UNetAbstract(nn.Module):
     """Base of the U-Net backbones: owns the U-Net's command-line flags and their defaults."""
 
-    #: flag destination → default (the authors' names and values)
-    DEFAULTS: dict[str, Any] = {
-        "unet.num_layers": 7,
-        "unet.features_start": 64,
-        "train_bn": False,
-        "bilinear": False,
-        "inner_normalisation": "InstanceNorm",
-        "padding_mode": "reflect",
-    }
+    #: flag destination → default (the authors' names and values), from ``utils/hparams.UNetHparams``
+    DEFAULTS: dict[str, Any] = H.defaults(H.UNetHparams)
 
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser,
                           group: Any = None) -> argparse.ArgumentParser:
-        """Add ``--unet.num_layers``, ``--unet.features_start``, ``--train_bn``, ``--bilinear``,
-        ``--inner_normalisation`` (``-inm``) and ``--padding_mode`` to ``group`` (or the parser)."""
-        d = UNetAbstract.DEFAULTS
-        g = group if group is not None else parent_parser
-        g.add_argument("--unet.num_layers", type=int, default=d["unet.num_layers"], help="U-Net levels")
-        g.add_argument("--unet.features_start", type=int, default=d["unet.features_start"],
-                       help="features of the first U-Net level")
-        g.add_argument("--inner_normalisation", "-inm", default=d["inner_normalisation"], choices=list(NORMALISATIONS))
-        g.add_argument("--train_bn", action="store_true", help="track running statistics in the norms")
-        g.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
-        g.add_argument("--padding_mode", default=d["padding_mode"], choices=["reflect", "zeros"])
+        """Add ``--unet.num_layers``, ``--unet.features_start``, ``--inner_normalisation`` (``-inm``),
+        ``--train_bn``, ``--bilinear`` and ``--padding_mode`` to ``group`` (or the parser)."""
+        H.add_arguments(group if group is not None else parent_parser, H.UNetHparams)
         return parent_parser
 
 

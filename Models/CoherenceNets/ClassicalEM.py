@@ -10,6 +10,7 @@ from torch import Tensor
 
 from Models.CoherenceNet import CoherenceNet
 from utils import coherence_math as cm
+from utils import hparams as H
 
 
 class ClassicalEM(CoherenceNet):
@@ -24,7 +25,9 @@ class ClassicalEM(CoherenceNet):
     weighted residuals and mixing weights π_k = mean pred_k.
     """
 
-    HPARAM_DEFAULTS: dict[str, Any] = {"em_iterations": 20}
+    HPARAM_GROUPS: tuple[type, ...] = (H.ClassicalEMHparams,)
+    #: the settings it uses, which its command line takes (no network, no optimiser)
+    CLI_FLAGS = ("nAffineMasks", "param_model", "v_distance", "theta_method", "em_iterations")
     has_network = False
 
     def __init__(self, **kwargs: Any) -> None:
@@ -33,8 +36,9 @@ class ClassicalEM(CoherenceNet):
 
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parent_parser = CoherenceNet.add_specific_args(parent_parser)
-        parent_parser.add_argument("--em_iterations", type=int, default=20, help="ClassicalEM iterations")
+        """``CLI_FLAGS`` (defaults: ``utils/hparams.py``), in a group of their own."""
+        g = parent_parser.add_argument_group("ClassicalEM (with --model ClassicalEM)")
+        H.add_arguments(g, *ClassicalEM.all_hparam_groups(), only=ClassicalEM.CLI_FLAGS)
         return parent_parser
 
     def configure_optimizers(self):
