@@ -42,8 +42,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from csvflowdatamodule.CsvDataset import flow_to_rgb, write_flow
 from utils.coherence_math import make_basis
+from utils.flow_io import flow_to_rgb, write_flow
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def _np(x: Any) -> np.ndarray:
 def flow_to_rgb(flow: Any) -> np.ndarray:
     """Middlebury colour coding of flow (2, I, J) → uint8 (I, J, 3); hue is the direction,
     saturation the norm relative to the field's own maximum."""
-    from csvflowdatamodule.CsvDataset import flow_to_rgb as hw2_to_rgb
+    from utils.flow_io import flow_to_rgb as hw2_to_rgb
 
     f = _np(flow)
     if f.ndim != 3 or f.shape[0] != 2:

@@ -47,12 +47,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from csvflowdatamodule.CsvDataset import read_flow
 from csvflowdatamodule.extract_flow import DIS_PRESETS, dis_estimator, make_estimator
 from evaluationmodule.SaveModule import write_npy
 from utils.atomic_io import atomic_write, atomic_write_image
 from utils.figures import flow_to_rgb
 from utils.flow_confidence import forward_backward_confidence, resize_flow
+from utils.flow_io import read_flow
 from utils.motion_significance import DEFAULT_MIN_MOTION, significant_foreground, suppress
 from utils.temporal import align_identities, carry, fuse
 
