@@ -31,6 +31,8 @@ from PIL import Image as PILImage
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from evaluationmodule.core import decode_mask
+
 # The flow files' reader, writer and colour coding live in utils/flow_io.py (no project imports);
 # they stay importable from here, the authors' module.
 from utils.flow_io import (  # noqa: F401
@@ -98,21 +100,12 @@ def _image_to_chw(path: str, im: PILImage.Image) -> np.ndarray:
 
 
 def _mask_array(path: str, im: PILImage.Image) -> np.ndarray:
-    """PIL mask of any mode (palette included) → bool (H, W), True where any value > 0."""
-    mode = im.mode
-    if mode == "RGBA":
-        arr = np.asarray(im.convert("RGB"))
-    elif mode == "LA":
-        arr = np.asarray(im.getchannel("L"))
-    elif mode in ("P", "PA"):
-        arr = np.asarray(im.getchannel(0) if mode == "PA" else im)  # palette indices: 0 = background
-    else:
-        arr = np.asarray(im)
-    if arr.ndim == 3:
-        arr = (arr > 0).any(axis=2)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise DataFileError(path, f"unexpected mask shape {arr.shape}")
-    return arr > 0
+    """PIL mask of any mode (palette included) → bool (H, W), True where any value > 0: the
+    evaluation's rule (``evaluationmodule.core.decode_mask``), so training and scoring agree."""
+    try:
+        return decode_mask(im)
+    except ValueError as exc:
+        raise DataFileError(path, str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------
