@@ -73,6 +73,10 @@ def without_ext(path: str | os.PathLike) -> PurePath:
     return p.with_suffix("") if p.suffix else p
 
 
+#: the per-frame files of ``model_eval.py`` / ``SaveResultsFig``: ``{output_stem}{suffix}``
+FRAME_SUFFIXES = {"proba": "_proba.npy", "mask": "_binary.png", "figure": "_fig.png"}
+
+
 def output_stem(save_dir: str | os.PathLike, flow_rel: str) -> str:
     """``save_dir/{flow path without extension}``, always inside ``save_dir`` (the names
     ``model_eval.py`` and ``SaveResultsFig`` write and ``evaluationmodule`` reads back)."""
