@@ -42,9 +42,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from csvflowdatamodule.CsvDataset import flow_to_rgb, write_flow
 from utils import hparams as H
 from utils.coherence_math import make_basis
+from utils.flow_io import flow_to_rgb, write_flow
 
 logger = logging.getLogger(__name__)
 
@@ -286,47 +286,6 @@ def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_
     _info_path(out, name).write_text(json.dumps(info, indent=2) + "\n")
     logger.info("synthetic split %s: %s samples in %.1f s", out / name, counts, time.perf_counter() - t0)
     return str(out / name)
-
-
-def motion_support(out_dir: str | os.PathLike, name: str,
-                   split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Regenerate one split of a synthetic DataSplit with each frame's motion support.
-
-    Returns [(Flow path as in the CSV, ground-truth mask (I, J) bool, motion support (I, J) bool)]
-    in CSV order. The support is the best a segmentation of the flow can do: the region that moves
-    with an object (see :func:`generate_sequence`). Raises ``ValueError`` if the files on disk are
-    not what this generator makes from the split's ``NAME_info.json`` (another version or seed, or
-    edited masks).
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    out = Path(out_dir)
-    try:
-        info = json.loads(_info_path(out, name).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{_info_path(out, name)}: not a synthetic DataSplit's info file ({exc})") from None
-    if info.get("generator_version") != GENERATOR_VERSION:
-        raise ValueError(f"{_info_path(out, name)}: generator version {info.get('generator_version')!r}, this code "
-                         f"makes version {GENERATOR_VERSION}; regenerate the split")
-    size, fps, n = tuple(info["img_size"]), int(info["frames_per_sequence"]), int(info[f"n_{split}"])
-    with open(out / f"{name}_{split}.csv", newline="") as fh:
-        flows = [row["Flow"] for row in csv.DictReader(fh)]
-    if len(flows) != n:
-        raise ValueError(f"{out / f'{name}_{split}.csv'}: {len(flows)} rows, {n} expected from the info file")
-    bases = _Bases(size)
-    result = []
-    for k in range(-(-n // fps)):
-        n_frames = min(fps, n - k * fps)
-        for t, (_, gt, support) in enumerate(generate_sequence(_sequence_rng(info["seed"], split, k), size,
-                                                               n_frames, bases, with_support=True)):
-            flow_path = flows[k * fps + t]
-            mask_path = out / f"Masks/{split}_seq_{k:03d}/{t:05d}.png"
-            stored = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-            if stored is None or stored.shape != gt.shape or not np.array_equal(stored > 0, gt):
-                raise ValueError(f"{mask_path}: differs from the regenerated mask (another seed or generator, "
-                                 f"or an edited file); cannot give its motion support")
-            result.append((flow_path, gt, support))
-    return result
 
 
 def default_cache_dir() -> Path:

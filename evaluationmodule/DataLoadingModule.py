@@ -25,13 +25,24 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+# the naming, split and mask rules shared with model_eval.py are the evaluation core's
+from evaluationmodule.core import (  # noqa: F401
+    UP,
+    decode_mask,
+    natural_key,
+    relative_key,
+    resolve_data_file,
+    sequence_of,
+    split_name,
+    without_ext,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,45 +51,6 @@ REQUIRED_COLUMNS = ("Flow", "GtMask")
 
 class DataLoadingError(ValueError):
     """An input (file or row) that cannot be used; the message names the file."""
-
-
-UP = "_up_"
-
-
-def relative_key(path: str | os.PathLike) -> PurePath:
-    """A path as written in a DataSplit, made relative and kept below the folder it is joined to:
-    an absolute path loses its anchor, ``.`` components go and ``..`` ones become ``_up_``."""
-    p = PurePath(str(path))
-    parts = p.parts[1:] if p.anchor else p.parts
-    return PurePath(*[UP if part == ".." else part for part in parts if part not in (".", "")])
-
-
-def without_ext(path: str | os.PathLike) -> PurePath:
-    """``a/b/c.flo`` → ``a/b/c`` (relative, last suffix removed)."""
-    p = relative_key(path)
-    return p.with_suffix("") if p.suffix else p
-
-
-def resolve_data_file(data_file: str | os.PathLike, step: str = "test") -> Path:
-    """The DataSplit CSV: ``data_file`` itself if it names a ``.csv``, else ``{data_file}_{step}.csv``.
-
-    Raises FileNotFoundError naming the path(s) tried.
-    """
-    data_file = str(data_file)
-    if data_file.lower().endswith(".csv"):
-        path = Path(data_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--data_file: DataSplit CSV not found: {path}")
-        return path
-    path = Path(f"{data_file}_{step}.csv")
-    if not path.is_file():
-        raise FileNotFoundError(f"--data_file {data_file!r} with --step {step!r}: DataSplit CSV not found: {path}")
-    return path
-
-
-def split_name(csv_path: str | os.PathLike) -> str:
-    """The split's name: the CSV file's stem (``DataSplit/X_test.csv`` → ``X_test``)."""
-    return Path(csv_path).stem
 
 
 def read_split(csv_path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
@@ -99,19 +71,6 @@ def read_split(csv_path: str | os.PathLike, required: tuple[str, ...] = REQUIRED
         raise DataLoadingError(f"DataSplit CSV {csv_path} has no column {', '.join(map(repr, missing))} "
                                f"(columns: {list(df.columns)})")
     return df.reset_index(drop=True)
-
-
-def sequence_of(gt_path: str) -> str:
-    """The sequence of a frame: the name of the GtMask's parent folder (``''`` when there is none)."""
-    return relative_key(gt_path).parent.name
-
-
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(path: str) -> list:
-    """Sort key putting ``frame2.png`` before ``frame10.png``."""
-    return [int(t) if t.isdigit() else t for t in _DIGITS.split(str(path))]
 
 
 def prediction_path(model_base_dir: str | os.PathLike, flow_path: str) -> Path:
@@ -223,8 +182,9 @@ def recorded_model(model_base_dir: str | os.PathLike) -> str | None:
 def load_gt(path: str | os.PathLike) -> np.ndarray:
     """Load a ground-truth mask → bool (I, J): every value > 0 is foreground.
 
-    Any PIL mode: palette images give their indices, multi-channel images are foreground where any
-    colour channel is > 0 (an alpha channel is ignored). Raises FileNotFoundError / DataLoadingError
+    Any PIL mode (``evaluationmodule.core.decode_mask``, the rule the training data loader uses too):
+    palette images give their indices, multi-channel images are foreground where any colour channel
+    is > 0 (an alpha channel is ignored). Raises FileNotFoundError / DataLoadingError
     naming the file.
     """
     path = Path(path)
@@ -232,17 +192,12 @@ def load_gt(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"GtMask not found: {path}")
     try:
         with Image.open(path) as im:
-            mode = im.mode
-            arr = np.array(im)
+            im.load()
+            return decode_mask(im)
+    except ValueError as e:
+        raise DataLoadingError(f"GtMask {path}: {e}") from e
     except Exception as e:
         raise DataLoadingError(f"cannot read GtMask {path}: {type(e).__name__}: {e}") from e
-    if arr.ndim == 3:
-        if mode in ("RGBA", "LA", "PA"):
-            arr = arr[..., :-1]
-        arr = (arr > 0).any(-1)
-    elif arr.ndim != 2:
-        raise DataLoadingError(f"GtMask {path} has shape {arr.shape}; expected an (I, J) mask")
-    return arr > 0
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray | None:

@@ -7,7 +7,8 @@ As the authors' Readme says, from ``evaluationmodule/``::
 
 or from the repository root ``python -m evaluationmodule.Evaluation ...`` with the same flags. The
 predictions are read from ``{model_base_dir}/{model_id}/`` (``{model_base_dir}/`` without ``--model_id``)
-and the results go to ``{that folder}/evaluation_{datetime}/`` (``--out_dir`` overrides it). A run
+and the results go to ``{that folder}/evaluation_{datetime}/`` (``--out_dir`` overrides it; the
+evaluation itself is ``evaluationmodule.runner.evaluate``). A run
 that scores no row exits with status 1. Details: ``evaluationmodule/README.md``.
 """
 
@@ -25,7 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from evaluationmodule.BinarisationModule import BINARY_METHODS  # noqa: E402
 from evaluationmodule.davis_metrics import DECAY_BINNINGS  # noqa: E402
-from evaluationmodule.ScoreModule import SCORING_METHODS, EvaluationResult, evaluate  # noqa: E402
+from evaluationmodule.runner import EvaluationResult, evaluate  # noqa: E402
+from evaluationmodule.ScoreModule import SCORING_METHODS  # noqa: E402
 
 __all__ = ["build_parser", "cli", "evaluate", "main", "new_output_dir", "prediction_dir"]
 

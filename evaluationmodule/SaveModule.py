@@ -1,15 +1,16 @@
 """Writing the evaluation's outputs: CSV, JSON, binary masks, figures and the per-sequence plot.
 
+The file writers are ``evaluationmodule.writers``' and the per-frame figure ``utils.figures``' (the
+same as ``model_eval.py``'s); they stay importable from here.
+
 Every file is written to a temporary name in the same folder and then renamed over the target
-(``os.replace``), so an interrupted run never leaves a truncated CSV, JSON or PNG behind.
-Figures use matplotlib's object API with the Agg canvas (no pyplot, no global backend change).
+(``os.replace``), so an interrupted run never leaves a truncated CSV, JSON or PNG behind. The
+per-sequence plot uses matplotlib's object API with the Agg canvas (no pyplot).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,56 +20,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
-from utils.atomic_io import atomic_write, atomic_write_text
+from evaluationmodule.writers import json_safe, write_csv, write_json, write_mask_png, write_npy  # noqa: F401
+from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf → None, numpy scalars/arrays → Python, paths → str (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    """Write strict JSON (NaN written as null), atomically."""
-    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
-
-
-def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a DataFrame without its index, atomically (NaN written as empty cells)."""
-    return atomic_write(Path(path), lambda p: df.to_csv(p, index=False))
-
-
-def write_mask_png(mask: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a binary mask (I, J) as an 8-bit PNG with values 0 / 255, atomically."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"expected a mask (I, J), got shape {mask.shape}")
-    im = Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L")
-    return atomic_write(Path(path), lambda p: im.save(p, format="PNG"))
-
-
-def write_npy(arr: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an array as ``.npy``, atomically."""
-    def save(p: Path) -> None:
-        with open(p, "wb") as fh:  # a handle: np.save on a name would append ".npy" to the temporary one
-            np.save(fh, arr)
-
-    return atomic_write(Path(path), save)
 
 
 def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
@@ -77,23 +33,20 @@ def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
 
 
 def write_frame_figure(path: str | os.PathLike, gt: np.ndarray, labels: np.ndarray, pred_mask: np.ndarray,
-                       title: str, image: np.ndarray | None = None) -> Path:
-    """Figure of one frame: [image (I, J, 3)], ground truth (I, J), argmax labels (I, J), binary mask (I, J)."""
-    panels: list[tuple[str, np.ndarray, dict]] = []
-    if image is not None:
-        panels.append(("Image", image, {}))
-    panels.append(("Ground truth", gt, {"cmap": "gray", "vmin": 0, "vmax": 1}))
-    panels.append(("Argmax of the masks", labels, {"cmap": "tab10", "vmin": 0, "vmax": 9, "interpolation": "nearest"}))
-    panels.append(("Binary prediction", pred_mask, {"cmap": "gray", "vmin": 0, "vmax": 1}))
-    h, w = gt.shape
-    fig = Figure(figsize=(3.2 * len(panels), 3.2 * h / max(w, 1) + 0.6))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, arr, kw) in zip(axes, panels, strict=True):
-        ax.imshow(np.asarray(arr, dtype=float) if arr.dtype == bool else arr, **kw)
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    return _save_figure(fig, Path(path))
+                       title: str, image: np.ndarray | None = None, jacc: float | None = None) -> Path:
+    """The per-frame figure (``utils.figures.frame_figure``, the one model_eval draws) at the ground
+    truth's size: [image (I, J, 3) uint8], argmax labels (I, J), binary mask (I, J) and ground truth
+    (I, J) [with its ``jacc``]."""
+    import torch
+
+    from utils.figures import frame_figure, save_figure
+
+    sample = {"Labels": torch.as_tensor(np.asarray(labels)), "PredMask": torch.as_tensor(np.asarray(pred_mask)),
+              "GtMask": torch.as_tensor(np.asarray(gt, dtype=bool))}
+    if image is not None:  # the loaders' layout: (3, I, J) in [-0.5, 0.5]
+        sample["Image"] = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).astype(np.float32) / 255.0 - 0.5)
+    save_figure(frame_figure(sample, title=title, jacc=jacc), os.fspath(path))
+    return Path(path)
 
 
 def write_grouped_bars(sequences: Sequence[str], series: dict[str, np.ndarray], path: str | os.PathLike,

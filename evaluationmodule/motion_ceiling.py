@@ -21,6 +21,8 @@ With ``--save_dir`` it writes ``ceiling_{step}.csv`` (file_name, sequence, jaccs
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
 import sys
@@ -30,14 +32,60 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from csvflowdatamodule.synthetic import SPLITS, motion_support  # noqa: E402
-from evaluationmodule.DataLoadingModule import sequence_of  # noqa: E402
+from csvflowdatamodule import synthetic  # noqa: E402
+from evaluationmodule import core  # noqa: E402
 from evaluationmodule.SaveModule import write_csv, write_grouped_bars  # noqa: E402
 from evaluationmodule.ScoreModule import jaccard  # noqa: E402
 
 logger = logging.getLogger(__name__)
+SPLITS = synthetic.SPLITS
+
+
+def motion_support(out_dir: str | os.PathLike, name: str,
+                   split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Regenerate one split of a synthetic DataSplit with each frame's motion support.
+
+    Returns [(Flow path as in the CSV, ground-truth mask (I, J) bool, motion support (I, J) bool)]
+    in CSV order. The support is the best a segmentation of the flow can do: the region that moves
+    with an object (``synthetic.generate_sequence(..., with_support=True)``). Raises ``ValueError``
+    if the files on disk are not what the generator makes from the split's ``NAME_info.json``
+    (another version or seed, or edited masks).
+    """
+    if split not in synthetic.SPLITS:
+        raise ValueError(f"split must be one of {synthetic.SPLITS}, got {split!r}")
+    out = Path(out_dir)
+    info_path = synthetic._info_path(out, name)
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{info_path}: not a synthetic DataSplit's info file ({exc})") from None
+    if info.get("generator_version") != synthetic.GENERATOR_VERSION:
+        raise ValueError(f"{info_path}: generator version {info.get('generator_version')!r}, this code makes "
+                         f"version {synthetic.GENERATOR_VERSION}; regenerate the split")
+    size, fps, n = tuple(info["img_size"]), int(info["frames_per_sequence"]), int(info[f"n_{split}"])
+    with open(out / f"{name}_{split}.csv", newline="") as fh:
+        flows = [row["Flow"] for row in csv.DictReader(fh)]
+    if len(flows) != n:
+        raise ValueError(f"{out / f'{name}_{split}.csv'}: {len(flows)} rows, {n} expected from the info file")
+    bases = synthetic._Bases(size)
+    result = []
+    for k in range(-(-n // fps)):
+        n_frames = min(fps, n - k * fps)
+        rng = synthetic._sequence_rng(info["seed"], split, k)
+        for t, (_, gt, support) in enumerate(synthetic.generate_sequence(rng, size, n_frames, bases,
+                                                                         with_support=True)):
+            flow_path = flows[k * fps + t]
+            mask_path = out / f"Masks/{split}_seq_{k:03d}/{t:05d}.png"
+            stored = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            if stored is None or stored.shape != gt.shape or not np.array_equal(stored > 0, gt):
+                raise ValueError(f"{mask_path}: differs from the regenerated mask (another seed or generator, "
+                                 f"or an edited file); cannot give its motion support")
+            result.append((flow_path, gt, support))
+    return result
 
 
 def ceiling_scores(data_file: str | os.PathLike, step: str = "test") -> pd.DataFrame:
@@ -47,7 +95,7 @@ def ceiling_scores(data_file: str | os.PathLike, step: str = "test") -> pd.DataF
     Returns a frame per row: ``file_name`` (the CSV's Flow path), ``sequence``, ``jaccs``.
     """
     prefix = Path(data_file)
-    rows = [{"file_name": flow, "sequence": sequence_of(flow), "jaccs": jaccard(gt, support)}
+    rows = [{"file_name": flow, "sequence": core.sequence_of(flow), "jaccs": jaccard(gt, support)}
             for flow, gt, support in motion_support(prefix.parent, prefix.name, step)]
     return pd.DataFrame(rows, columns=["file_name", "sequence", "jaccs"])
 
@@ -134,10 +182,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             print(f"{label:<16} {means[f'{step}/{label}']:>8.4f} {means[step] - means[f'{step}/{label}']:>12.4f} "
                   f"{above:>21d}")
         if args.save_dir:
-            per_seq = table.drop(columns="file_name").groupby("sequence", sort=True).mean().reset_index()
+            methods = ["ceiling", *compare]
+            per = core.sequence_stats(table.to_dict("records"), {c: c for c in methods}, stats=("mean",))
+            per_seq = pd.DataFrame([{"sequence": r["sequence"], **{c: r[f"{c}_mean"] for c in methods}} for r in per])
             write_csv(per_seq, Path(args.save_dir) / f"ceiling_{step}_per_sequence.csv")
             png = write_grouped_bars(per_seq["sequence"].tolist(),
-                                     {c: per_seq[c].to_numpy() for c in ["ceiling", *compare]},
+                                     {c: per_seq[c].to_numpy() for c in methods},
                                      Path(args.save_dir) / f"ceiling_{step}_per_sequence.png",
                                      f"{step}: J per sequence against the motion-support ceiling "
                                      "(dashed: mean over sequences)", ylabel="J")

@@ -145,26 +145,3 @@ def test_motion_support_is_the_objects_plus_their_bleed():
             n_bleed += bool((support & ~gt).any())
             n_exact += bool(np.array_equal(support, gt))
     assert n_bleed > 0 and n_exact > 0  # bleed is drawn per sequence among 0, 1 and 2 px
-
-
-def test_motion_support_of_a_written_split(tmp_path):
-    import cv2
-
-    synthetic.make_synthetic_split(tmp_path, "s", 0, 3, 12, img_size=(32, 48), seed=2)
-    out = synthetic.motion_support(tmp_path, "s", "test")
-    assert [r[0] for r in out] == [r[0] for r in _rows(tmp_path / "s_test.csv")[1:]]
-    for flow_path, gt, support in out:
-        mask = cv2.imread(str(tmp_path / flow_path.replace("Flows", "Masks").replace(".flo", ".png")), 0)
-        assert np.array_equal(mask > 0, gt) and not (gt & ~support).any()
-    assert len(synthetic.motion_support(tmp_path, "s", "val")) == 3
-    # a mask that is not the generator's: refused, naming the file
-    bad = tmp_path / "Masks" / "test_seq_001" / "00001.png"
-    cv2.imwrite(str(bad), np.zeros((32, 48), np.uint8))
-    with pytest.raises(ValueError, match="test_seq_001/00001.png"):
-        synthetic.motion_support(tmp_path, "s", "test")
-    with pytest.raises(ValueError, match="split must be one of"):
-        synthetic.motion_support(tmp_path, "s", "training")
-    info = json.loads((tmp_path / "s_info.json").read_text())
-    (tmp_path / "s_info.json").write_text(json.dumps({**info, "generator_version": 0}))
-    with pytest.raises(ValueError, match="generator version"):
-        synthetic.motion_support(tmp_path, "s", "val")

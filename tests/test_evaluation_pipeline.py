@@ -270,8 +270,9 @@ def test_atomic_write_leaves_no_truncated_file(tmp_path, monkeypatch):
 
 
 def test_motion_ceiling_cli_scores_the_support(tmp_path, capsys):
-    from csvflowdatamodule.synthetic import make_synthetic_split, motion_support
+    from csvflowdatamodule.synthetic import make_synthetic_split
     from evaluationmodule import motion_ceiling
+    from evaluationmodule.motion_ceiling import motion_support
 
     prefix = make_synthetic_split(tmp_path / "d", "syn", 0, 10, 20, img_size=(48, 80), seed=4)
     means = motion_ceiling.main(["--data_file", prefix, "--steps", "val", "test", "--save_dir", str(tmp_path / "o")])
@@ -316,3 +317,29 @@ def test_motion_ceiling_compare_aligns_frames_and_plots(tmp_path, capsys):
         motion_ceiling.main(["--data_file", prefix, "--compare", f"d={tmp_path / 'dup.csv'}"])
     with pytest.raises(SystemExit, match="LABEL=CSV"):
         motion_ceiling.main(["--data_file", prefix, "--compare", "nolabel"])
+
+
+def test_motion_support_of_a_written_split(tmp_path):
+    import cv2
+
+    from csvflowdatamodule import synthetic
+    from evaluationmodule import motion_ceiling
+
+    synthetic.make_synthetic_split(tmp_path, "s", 0, 3, 12, img_size=(32, 48), seed=2)
+    out = motion_ceiling.motion_support(tmp_path, "s", "test")
+    assert [r[0] for r in out] == list(pd.read_csv(tmp_path / "s_test.csv")["Flow"])
+    for flow_path, gt, support in out:
+        mask = cv2.imread(str(tmp_path / flow_path.replace("Flows", "Masks").replace(".flo", ".png")), 0)
+        assert np.array_equal(mask > 0, gt) and not (gt & ~support).any()
+    assert len(motion_ceiling.motion_support(tmp_path, "s", "val")) == 3
+    # a mask that is not the generator's: refused, naming the file
+    bad = tmp_path / "Masks" / "test_seq_001" / "00001.png"
+    cv2.imwrite(str(bad), np.zeros((32, 48), np.uint8))
+    with pytest.raises(ValueError, match="test_seq_001/00001.png"):
+        motion_ceiling.motion_support(tmp_path, "s", "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        motion_ceiling.motion_support(tmp_path, "s", "training")
+    info = json.loads((tmp_path / "s_info.json").read_text())
+    (tmp_path / "s_info.json").write_text(json.dumps({**info, "generator_version": 0}))
+    with pytest.raises(ValueError, match="generator version"):
+        motion_ceiling.motion_support(tmp_path, "s", "val")

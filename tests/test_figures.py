@@ -17,6 +17,7 @@ from utils.figures import (
     frame_panels,
     frames_figure,
     image_to_rgb,
+    label_map_to_rgb,
     labels_to_rgb,
     log_figure,
     masks_to_rgb,
@@ -74,6 +75,24 @@ def test_panels_follow_what_the_sample_holds():
     assert [p[0] for p in only] == ["flow", "ground truth"]  # a NaN Jaccard is not printed
     for _, img, _ in full:
         assert img.shape[:2] == (16, 24)
+
+
+def test_the_benchmark_figure_is_the_same_frame_figure(tmp_path):
+    pred = sample()["Pred"]
+    labels = pred.argmax(0)
+    assert np.array_equal(label_map_to_rgb(labels), labels_to_rgb(pred))  # the same colours either way
+    with pytest.raises(ValueError, match=r"labels \(I, J\)"):
+        label_map_to_rgb(torch.zeros(2, 3, 4))
+    names = [p[0] for p in frame_panels({"Labels": labels, "PredMask": labels > 0, "GtMask": labels == 1}, jacc=0.5)]
+    assert names == ["argmax of the masks", "binary mask", "ground truth (J = 0.500)"]
+    from evaluationmodule.SaveModule import write_frame_figure
+
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    path = write_frame_figure(tmp_path / "f" / "0.png", gt=labels.numpy() == 1, labels=labels.numpy(),
+                              pred_mask=labels.numpy() > 0, title="seq/0.png", image=rgb, jacc=0.25)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    assert not plt.get_fignums()  # closed
 
 
 def test_batch_figure_layout():

@@ -20,13 +20,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
-from torch import Tensor
 
-from evaluationmodule.SaveModule import write_mask_png, write_npy
+from evaluationmodule.core import as_number, frame_value, output_stem
+from evaluationmodule.frame_outputs import write_frame_outputs  # noqa: F401  (also importable from here)
 from utils.atomic_io import atomic_write_text
-from utils.figures import frame_figure, save_figure
 from utils.results import ResultsWriter
 
 logger = logging.getLogger(__name__)
@@ -64,30 +62,6 @@ class ResultsLogger(ResultsWriter):
             logger.info("test summary (%d frames) saved at %s", len(rows), self.summary_path)
 
 
-def write_frame_outputs(outputs: dict[str, Any], i: int, stem: str, title: str, jacc: float | None,
-                        save_figure_png: bool, save_mask: bool, save_npy: bool) -> list[str]:
-    """Write frame ``i`` of a test step's outputs under ``stem``; returns the paths written.
-
-    ``outputs`` holds batched tensors: ``Pred`` (B, L, I, J) softmax over L, ``PredMask`` (B, I, J)
-    bool, and for the figure whichever of ``Image``, ``Flow``, ``GtMask``, ``ParametricFlow`` it has.
-    """
-    written = []
-    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    if save_npy:
-        written.append(f"{stem}_proba.npy")
-        write_npy(outputs["Pred"][i].detach().float().cpu().numpy().astype(np.float32), written[-1])
-    if save_mask:
-        written.append(f"{stem}_binary.png")
-        write_mask_png(outputs["PredMask"][i].detach().cpu().numpy(), written[-1])
-    if save_figure_png:
-        sample = {k: outputs[k][i].detach().cpu() for k in ("Image", "Flow", "Pred", "PredMask", "GtMask",
-                                                             "ParametricFlow")
-                  if isinstance(outputs.get(k), Tensor)}
-        written.append(f"{stem}_fig.png")
-        save_figure(frame_figure(sample, title=title, jacc=jacc, argmax=True), written[-1])
-    return written
-
-
 class SaveResultsFig(pl.Callback):
     """Per test frame: ``_fig.png`` (image, flow, argmax of the masks, binary mask, ground truth with
     its Jaccard, parametric flow), ``_binary.png`` (0/255) and, with ``save_npy``, ``_proba.npy``
@@ -106,9 +80,6 @@ class SaveResultsFig(pl.Callback):
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         if not isinstance(outputs, dict) or "FrameRows" not in outputs:
             return  # every sample of the batch was skipped (recorded by the model)
-        from utils.evaluation_run import output_stem
-
         for i, row in enumerate(outputs["FrameRows"]):
-            jacc = float(row["jaccs"]) if row["jaccs"] not in ("", None) else None
-            write_frame_outputs(outputs, i, output_stem(self.save_dir, row["file_name"]), row["file_name"], jacc,
-                                self.save_figure, self.save_mask, self.save_npy)
+            write_frame_outputs(outputs, i, output_stem(self.save_dir, row["file_name"]), row["file_name"],
+                                as_number(frame_value(row, "jacc")), self.save_figure, self.save_mask, self.save_npy)

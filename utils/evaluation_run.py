@@ -4,8 +4,10 @@ Per step (``test``, ``val``) it writes under ``--save_dir``:
 
 - ``results_{step}.csv``: one row per frame (``epoch, step_label, file_name, losses, jaccs,
   masks_usages``, plus ``index`` and ``sequence``), every frame exactly once, in CSV order;
-- ``results_{step}_summary.tsv``: means per sequence (the frame's parent folder), then the
-  overall means over frames and over sequences, each row labelled;
+- ``results_{step}_summary.tsv`` (``evaluationmodule.core.summary_table``): columns ``level, name,
+  n_frames, loss, jacc, mean_over``: the means per sequence (the folder of the frame's Flow file,
+  ``core.sequence_of``, the rule ``evaluationmodule.Evaluation`` uses), then the overall means over
+  frames and over sequences, each row labelled;
 - with ``--save_npy`` ``{Flow path without extension}_proba.npy`` (L × I × J float32), with
   ``--save_mask`` ``..._binary.png`` (0/255), with ``--draw_figs`` ``..._fig.png``, mirroring
   the DataSplit's relative paths, always inside ``--save_dir`` (``..`` → ``_up_``); two rows whose
@@ -35,14 +37,22 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Subset
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule, collate_skipping
-from evaluationmodule.DataLoadingModule import MANIFEST_COLUMNS, file_sha256, without_ext
-from evaluationmodule.SaveModule import write_mask_png
+from evaluationmodule.core import (  # noqa: F401  (sequence_of, summary_table: also importable from here)
+    FRAME_SUFFIXES,
+    as_number,
+    frame_value,
+    output_stem,
+    sequence_of,
+    split_name,
+    summary_table,
+)
+from evaluationmodule.DataLoadingModule import MANIFEST_COLUMNS, file_sha256
+from evaluationmodule.frame_outputs import write_frame_outputs
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
 from utils import hparams as H
-from utils.atomic_io import atomic_write, atomic_write_text
-from utils.figures import frame_figure, save_figure
+from utils.atomic_io import atomic_write_text
 from utils.quiet_logs import quiet_library_logs
 from utils.results import RESULT_COLUMNS, RunLock, append_rows, atomic_write_json, read_rows, rewrite_rows
 from utils.run_checks import (
@@ -59,6 +69,7 @@ from utils.training import explicit_flags, is_out_of_memory
 logger = logging.getLogger(__name__)
 
 EVAL_COLUMNS = RESULT_COLUMNS + ["index", "sequence"]
+SKIPPED_COLUMNS = ["index", "file_name", "reason"]
 MODELS = {"MethodeB": MethodeB, "ClassicalEM": ClassicalEM}
 
 
@@ -117,16 +128,6 @@ def load_model(args: argparse.Namespace) -> pl.LightningModule:
         return MethodeB.load_from_checkpoint(args.ckpt, trust_checkpoint=args.trust_checkpoint)
     except CheckpointError as err:
         raise ConfigError(f"--ckpt: {err}") from None
-
-
-def sequence_of(path: str) -> str:
-    return os.path.basename(os.path.dirname(path)) or "."
-
-
-def output_stem(save_dir: str, flow_rel: str) -> str:
-    """``save_dir/{flow path without extension}``, always inside ``save_dir``: absolute CSV paths
-    lose their leading '/', ``..`` becomes ``_up_`` (the mapping Evaluation reads back)."""
-    return os.path.join(save_dir, str(without_ext(flow_rel)))
 
 
 def model_identity(args: argparse.Namespace, model: pl.LightningModule) -> dict[str, Any]:
@@ -196,40 +197,25 @@ class FrameOutputWriter(pl.Callback):
     def manifest_part(self, rank: int) -> str:
         return os.path.join(self.save_dir, f"predictions_{self.step}.part{rank}.tsv")
 
-    def write_prediction(self, proba: np.ndarray, path: str, flow_rel: str) -> dict:
-        """Write the .npy and return its manifest line (hashes of its bytes, its flow, the model)."""
-        import hashlib
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, proba)
-        data = buf.getvalue()
-        atomic_write(path, lambda p: p.write_bytes(data))
+    def manifest_entry(self, path: str, flow_rel: str, shape: tuple[int, ...]) -> dict:
+        """The manifest line of a written .npy: the hashes of its bytes, of its flow and of the model."""
         return {"proba_file": os.path.relpath(path, self.save_dir).replace(os.sep, "/"), "flow_file": flow_rel,
-                "proba_sha256": hashlib.sha256(data).hexdigest(),
-                "flow_sha256": file_sha256(os.path.join(self.base_dir, flow_rel)),
-                "model_sha256": self.model_sha256, "shape": "x".join(map(str, proba.shape))}
+                "proba_sha256": file_sha256(path), "flow_sha256": file_sha256(os.path.join(self.base_dir, flow_rel)),
+                "model_sha256": self.model_sha256, "shape": "x".join(map(str, shape))}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not isinstance(outputs, dict) or "FrameRows" not in outputs:
             return  # every sample of the batch was skipped (recorded by the model)
         rows = outputs["FrameRows"]
-        pred = outputs["Pred"].detach().float().cpu()
-        mask = outputs["PredMask"].detach().cpu()
         manifest = []
         for i, row in enumerate(rows):
             stem = output_stem(self.save_dir, row["file_name"])
-            os.makedirs(os.path.dirname(stem), exist_ok=True)
+            # the same per-frame files as the authors' SaveResultsFig callback
+            write_frame_outputs(outputs, i, stem, row["file_name"], as_number(frame_value(row, "jacc")),
+                                self.draw_figs, self.save_mask, self.save_npy)
             if self.save_npy:
-                manifest.append(self.write_prediction(pred[i].numpy().astype(np.float32), f"{stem}_proba.npy",
-                                                      row["file_name"]))
-            if self.save_mask:
-                write_mask_png(mask[i].numpy(), f"{stem}_binary.png")
-            if self.draw_figs:
-                sample = {k: outputs[k][i] for k in ("Image", "Flow", "Pred", "PredMask", "GtMask", "ParametricFlow")
-                          if k in outputs}
-                jacc = row["jaccs"] if row["jaccs"] != "" else None
-                save_figure(frame_figure(sample, title=row["file_name"], jacc=jacc, argmax=True), f"{stem}_fig.png")
+                manifest.append(self.manifest_entry(stem + FRAME_SUFFIXES["proba"], row["file_name"],
+                                                    tuple(outputs["Pred"][i].shape)))
             row["sequence"] = sequence_of(row["file_name"])
         # the manifest first: a row on disk always has its prediction recorded
         append_tsv(self.manifest_part(trainer.global_rank), manifest, MANIFEST_COLUMNS)
@@ -269,8 +255,8 @@ def merge_manifest(save_dir: str, step: str) -> None:
 
 def frame_complete(row: dict, save_dir: str, args: argparse.Namespace) -> bool:
     stem = output_stem(save_dir, row["file_name"])
-    needed = [f"{stem}_proba.npy"] * args.save_npy + [f"{stem}_binary.png"] * args.save_mask + \
-             [f"{stem}_fig.png"] * args.draw_figs
+    needed = [stem + FRAME_SUFFIXES[k] for k, on in (("proba", args.save_npy), ("mask", args.save_mask),
+                                                      ("figure", args.draw_figs)) if on]
     return all(os.path.exists(p) for p in needed)
 
 
@@ -285,33 +271,6 @@ def collect_rows(save_dir: str, step: str, flow_at: dict[int, str] | None = None
         if flow_at is None or flow_at.get(int(row["index"])) == row["file_name"]:
             seen.setdefault(int(row["index"]), row)
     return [seen[k] for k in sorted(seen)]
-
-
-def summary_table(rows: list[dict]) -> str:
-    """TSV: one line per sequence (mean over its frames), then overall means over frames and
-    over sequences."""
-    def mean(vals: list[float]) -> float:
-        vals = [v for v in vals if v == v]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    def num(v: Any) -> float:
-        return float(v) if v not in ("", None) else float("nan")
-
-    by_seq: dict[str, list[dict]] = {}
-    for r in rows:
-        by_seq.setdefault(r["sequence"], []).append(r)
-    lines = ["level\tname\tn_frames\tlosses\tjaccs\tmean_over"]
-    seq_means = []
-    for seq in sorted(by_seq):
-        rs = by_seq[seq]
-        lm, jm = mean([num(r["losses"]) for r in rs]), mean([num(r["jaccs"]) for r in rs])
-        seq_means.append((lm, jm))
-        lines.append(f"sequence\t{seq}\t{len(rs)}\t{lm:.6f}\t{jm:.6f}\tframes")
-    lines.append(f"overall\tall_frames\t{len(rows)}\t{mean([num(r['losses']) for r in rows]):.6f}\t"
-                 f"{mean([num(r['jaccs']) for r in rows]):.6f}\tframes")
-    lines.append(f"overall\tall_sequences\t{len(rows)}\t{mean([m[0] for m in seq_means]):.6f}\t"
-                 f"{mean([m[1] for m in seq_means]):.6f}\tsequences")
-    return "\n".join(lines) + "\n"
 
 
 def remove_step_outputs(save_dir: str, step: str, dataset) -> None:
@@ -329,7 +288,7 @@ def remove_step_outputs(save_dir: str, step: str, dataset) -> None:
     old = tables + manifests
     n = 0
     for stem in stems:
-        for suffix in ("_proba.npy", "_binary.png", "_fig.png"):
+        for suffix in FRAME_SUFFIXES.values():
             if os.path.exists(stem + suffix):
                 os.remove(stem + suffix)
                 n += 1
@@ -401,11 +360,12 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
     atomic_write_text(os.path.join(save_dir, f"results_{step}_summary.tsv"), summary_table(rows), fsync=True)
     skipped = sorted({s[1:] for s in model.skipped_samples if s[0] == "test"})
     if skipped:
-        atomic_write_text(os.path.join(save_dir, f"skipped_{step}.tsv"),
-                          "index\tfile_name\treason\n" + "".join(f"{i}\t{p}\t{r}\n" for i, p, r in skipped))
+        rewrite_rows(os.path.join(save_dir, f"skipped_{step}.tsv"),
+                     [dict(zip(SKIPPED_COLUMNS, s)) for s in skipped], SKIPPED_COLUMNS, delimiter="\t")
     model.skipped_samples.clear()
     jaccs = [float(r["jaccs"]) for r in rows if r["jaccs"] not in ("", None)]
-    return {"step": step, "frames": len(rows), "frames_in_split": n_total, "skipped": len(skipped),
+    return {"step": step, "split": split_name(dataset.data_path), "frames": len(rows), "frames_in_split": n_total,
+            "skipped": len(skipped),
             "mean_jacc_frames": float(np.mean(jaccs)) if jaccs else None,
             "mean_loss_frames": float(np.mean([float(r["losses"]) for r in rows])) if rows else None}
 

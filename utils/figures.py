@@ -23,7 +23,7 @@ def _np(x: Any) -> np.ndarray:
 def flow_to_rgb(flow: Any) -> np.ndarray:
     """Middlebury colour coding of flow (2, I, J) → uint8 (I, J, 3); hue is the direction,
     saturation the norm relative to the field's own maximum."""
-    from csvflowdatamodule.CsvDataset import flow_to_rgb as hw2_to_rgb
+    from utils.flow_io import flow_to_rgb as hw2_to_rgb
 
     f = _np(flow)
     if f.ndim != 3 or f.shape[0] != 2:
@@ -48,13 +48,22 @@ def image_to_rgb(image: Any) -> np.ndarray:
 
 def labels_to_rgb(pred: Any) -> np.ndarray:
     """Argmax of soft masks (L, I, J) → uint8 (I, J, 3), one colour per label."""
-    p = _np(pred)
-    colours = (plt.get_cmap("tab10")(np.arange(p.shape[0]) % 10)[:, :3] * 255).astype(np.uint8)
-    return colours[p.argmax(0)]
+    return label_map_to_rgb(_np(pred).argmax(0))
+
+
+def label_map_to_rgb(labels: Any) -> np.ndarray:
+    """A label map (I, J) of integers ≥ 0 → uint8 (I, J, 3), label k in tab10's colour k (mod 10)."""
+    lab = _np(labels).astype(np.int64)
+    if lab.ndim != 2 or (lab.size and lab.min() < 0):
+        raise ValueError(f"expected labels (I, J) of integers >= 0, got shape {lab.shape}")
+    colours = (plt.get_cmap("tab10")(np.arange(10))[:, :3] * 255).astype(np.uint8)
+    return colours[lab % 10]
 
 
 def frame_panels(sample: dict, jacc: float | None = None, argmax: bool = False) -> list[tuple[str, np.ndarray, dict]]:
-    """The panels of one frame's figure, from whatever the sample holds (tensors without batch dim)."""
+    """The panels of one frame's figure, from whatever the sample holds (tensors without batch dim):
+    ``Image`` (3, I, J), ``Flow`` (2, I, J), ``Pred`` (L, I, J) or ``Labels`` (I, J), ``PredMask``
+    (I, J), ``GtMask`` (I, J) [titled with ``jacc``], ``ParametricFlow`` (2, I, J)."""
     panels: list[tuple[str, np.ndarray, dict]] = []
     if "Image" in sample:
         panels.append(("image", image_to_rgb(sample["Image"]), {}))
@@ -66,6 +75,8 @@ def frame_panels(sample: dict, jacc: float | None = None, argmax: bool = False) 
             panels.append((f"argmax of {L} masks", labels_to_rgb(sample["Pred"]), {}))
         else:
             panels.append((f"masks (L={L})", masks_to_rgb(sample["Pred"]), {}))
+    if "Labels" in sample:  # argmax labels (I, J) computed elsewhere (the benchmark's, at the GT's size)
+        panels.append(("argmax of the masks", label_map_to_rgb(sample["Labels"]), {}))
     if "PredMask" in sample:
         panels.append(("binary mask", _np(sample["PredMask"]).astype(float), {"cmap": "gray", "vmin": 0, "vmax": 1}))
     if "GtMask" in sample:
@@ -104,7 +115,9 @@ def frames_figure(batch: dict, title: str = "", jaccs: Any = None, max_frames: i
 
 
 def frame_figure(sample: dict, title: str = "", jacc: float | None = None, argmax: bool = True):
-    """The per-frame evaluation figure: image, flow, masks, binary mask, ground truth, parametric flow."""
+    """The per-frame evaluation figure of every pipeline (model_eval, ``SaveResultsFig``, the
+    benchmark's ``SaveModule``): image, flow, argmax of the masks, binary mask, ground truth with its
+    Jaccard, parametric flow: the panels the sample holds (:func:`frame_panels`)."""
     batch = {k: (v[None] if isinstance(v, Tensor) else v) for k, v in sample.items()}
     return frames_figure(batch, title=title, jaccs=None if jacc is None else [jacc], max_frames=1, argmax=argmax)
 

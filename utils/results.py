@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import csv
 import errno
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -21,7 +19,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from utils.atomic_io import atomic_write_text
+# the writers of every results file are evaluationmodule.writers' (one json_safe, one CSV row writer)
+from evaluationmodule.writers import append_rows, json_safe, read_rows, rewrite_rows, write_json  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -32,67 +31,9 @@ SKIP_COLUMNS = ["step_label", "index", "file_name", "reason"]
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
-def json_safe(obj: Any) -> Any:
-    """``obj`` as strict JSON can hold it: NaN and ±inf → None (JSON has neither), tensors and
-    NumPy scalars → Python numbers, tuples → lists, any other object → its ``str``."""
-    import math
-
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [json_safe(v) for v in (sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj)]
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        obj = obj.item()
-    if hasattr(obj, "item") and type(obj).__module__ == "numpy":
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
-
-
 def atomic_write_json(path: str, obj: Any) -> None:
-    """Strict JSON (``allow_nan=False``: a NaN is written as null), written then renamed."""
-    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
-    atomic_write_text(path, text + "\n", fsync=True)
-
-
-def append_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Append rows (header first if the file is new) and fsync, so a crash keeps whole rows."""
-    if not rows:
-        return
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_rows(path: str) -> list[dict]:
-    """Rows of a CSV written by :func:`append_rows`; a torn last line (power cut) is dropped
-    with a warning, since it was never complete."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as fh:
-        text = fh.read()
-    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-    if complete != text:
-        logger.warning("%s: ignoring an incomplete last line (interrupted write)", path)
-    return list(csv.DictReader(complete.splitlines()))
-
-
-def rewrite_rows(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue(), fsync=True)
+    """Strict JSON (a NaN is written as null), keys sorted, written then renamed (``evaluationmodule.writers``)."""
+    write_json(obj, path, sort_keys=True)
 
 
 class RunLockError(RuntimeError):

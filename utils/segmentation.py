@@ -27,7 +27,6 @@ with ``--save_flows``, ``flows.npz`` (every flow, float16, compressed).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -48,12 +47,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from csvflowdatamodule.CsvDataset import read_flow
 from csvflowdatamodule.extract_flow import DIS_PRESETS, dis_estimator, make_estimator
-from evaluationmodule.SaveModule import write_npy
+from evaluationmodule.writers import rewrite_rows, write_json, write_npy
 from utils.atomic_io import atomic_write, atomic_write_image
 from utils.figures import flow_to_rgb
 from utils.flow_confidence import forward_backward_confidence, resize_flow
+from utils.flow_io import read_flow
 from utils.motion_significance import DEFAULT_MIN_MOTION, significant_foregrounds, suppress
 from utils.temporal import align_identities, carry, fuse
 
@@ -572,8 +571,7 @@ class Writer:
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=2, allow_nan=False, default=str) + "\n"
-    atomic_write(out / "manifest.json", lambda p: p.write_text(text))
+    write_json(manifest, out / "manifest.json")
 
 
 class _Progress:
@@ -689,14 +687,7 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
 
 
 def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["file", "reason"])
-    w.writerows(skipped)
-    atomic_write(out / "skipped.csv", lambda p: p.write_text(buf.getvalue()))
+    rewrite_rows(out / "skipped.csv", [{"file": f, "reason": r} for f, r in skipped], ["file", "reason"])
 
 
 # --------------------------------------------------------------------------------------------
