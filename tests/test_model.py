@@ -159,8 +159,9 @@ def test_small_training_step_on_cpu():
     crit = model.Criterion(batch)
     for key in ("losses", "coherence_losses", "entropies"):
         assert crit[key].shape == (10,) and torch.isfinite(crit[key]).all()
-    assert batch["theta"].shape == (10, 2, 6, 2)
-    assert batch["ParametricFlow"].shape == (10, 2, 128, 224)
+    assert crit["theta"].shape == (10, 2, 6, 2)
+    assert crit["ParametricFlow"].shape == (10, 2, 128, 224)
+    assert sorted(batch) == ["Flow", "GtMask", "Pred"]  # the Criterion wrote nothing into the batch
     opt.zero_grad()
     crit["losses"].mean().backward()
     opt.step()
