@@ -4,7 +4,6 @@ and CoherenceNet: the network trained by it."""
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +14,6 @@ from evaluationmodule.BinarisationModule import BINARY_METHODS, BinarisationModu
 from Models.LitSegmentationModel import LitSegmentationModel
 from utils import coherence_math as cm
 from utils.evaluations import db_eval_iou
-
-logger = logging.getLogger(__name__)
 
 
 class CoherenceCriterion:

@@ -18,7 +18,6 @@ safe. X θ = X' θ' exactly with θ = M θ', so the parametric flow never depend
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import threading
 import weakref
@@ -26,8 +25,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 FT: dict[str, int] = {"Affine": 3, "Quadratic": 6}
 V_DISTANCES: tuple[str, ...] = ("squared", "l1", "l2")
