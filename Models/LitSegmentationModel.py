@@ -24,6 +24,7 @@ from Models.LitHead import LitHead
 
 logger = logging.getLogger(__name__)
 
+
 class NonFiniteLossError(RuntimeError):
     """A batch's loss is NaN or infinite; the message names the batch's files."""
 
