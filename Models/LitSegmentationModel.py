@@ -1,4 +1,9 @@
-"""The LightningModule shell: hyperparameters, network, optimiser, one shared train/val/test step."""
+"""The LightningModule shell: hyperparameters, network, optimiser, one shared train/val/test step.
+
+The step computes and logs; it keeps nothing. What it returns (``loss`` and per-frame tensors) is
+what callbacks record: ``utils.results.ResultsWriter`` (results.csv), ``utils.Callbacks`` (figures,
+per-frame files).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
@@ -19,8 +24,6 @@ from Models.LitHead import LitHead
 from utils import hparams as H
 
 logger = logging.getLogger(__name__)
-
-STAGES = ("train", "val", "test")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,7 +60,86 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class LitSegmentationModel(pl.LightningModule):
+class SegmentationSteps:
+    """The one train/val/test step, for a LightningModule whose ``prediction(batch)`` adds ``Pred``,
+    ``Criterion(batch)`` returns per-sample ``losses``, ``coherence_losses``, ``entropies`` (B,) and
+    ``theta``, and ``frame_metrics(batch)`` adds ``PredMask`` and returns per-frame ``masks_usages``
+    (B, L) and, with ``GtMask``, ``jaccs`` (B,).
+    """
+
+    def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> dict | None:
+        """Predict, loss, check, log; return the outputs (None when every sample was skipped):
+
+        ``loss`` (the mean, with its graph), and per frame, detached and on the batch's device
+        (no host sync): ``losses``, ``coherence_losses``, ``entropies`` (B,), ``theta`` (B, L, ft,
+        2), ``Pred`` (B, L, I, J), ``PredMask`` (B, I, J) bool, ``masks_usages`` (B, L), ``jaccs``
+        (B,) when the batch has ``GtMask``, ``index`` (B,) or None, and ``file_name`` (B strings).
+        """
+        if "Flow" not in batch:
+            logger.warning("%s batch %d: every sample was skipped (%d), step skipped", stage, batch_idx,
+                           len(batch.get("Skipped") or []))
+            return None
+        batch = self.prediction(batch)
+        crit = self.Criterion(batch, with_parametric_flow=False)
+        losses = crit["losses"]
+        self.check_finite(losses, batch, stage, batch_idx)
+        with torch.no_grad():
+            metrics = self.frame_metrics(batch)
+        B = batch["Flow"].shape[0]
+        out = {"loss": losses.mean(), "losses": losses.detach(),
+               "coherence_losses": crit["coherence_losses"].detach(), "entropies": crit["entropies"].detach(),
+               "theta": crit["theta"], "Pred": batch["Pred"].detach(), "PredMask": batch["PredMask"],
+               "masks_usages": metrics["masks_usages"], "index": batch.get("Index"),
+               "file_name": list(batch.get("FlowPath") or [f"{stage}_{batch_idx}_{i}" for i in range(B)])}
+        if "jaccs" in metrics:
+            out["jaccs"] = metrics["jaccs"]
+        self.log_step(out, stage, B)
+        return out
+
+    def log_step(self, out: dict, stage: str, batch_size: int) -> None:
+        """``{stage}/loss``, ``/coherence``, ``/entropy``, ``/jacc`` (with ground truth) and, in
+        validation, ``epoch_val_loss`` (what the best checkpoint is chosen by)."""
+        on_step = stage == "train"
+        sync = stage != "train"
+        kw = dict(on_epoch=True, batch_size=batch_size, sync_dist=sync)
+        self.log(f"{stage}/loss", out["loss"], on_step=on_step, prog_bar=True, **kw)
+        self.log(f"{stage}/coherence", out["coherence_losses"].mean(), on_step=False, **kw)
+        self.log(f"{stage}/entropy", out["entropies"].mean(), on_step=False, **kw)
+        if stage == "val":
+            self.log("epoch_val_loss", out["loss"], on_step=False, on_epoch=True, batch_size=batch_size,
+                     sync_dist=True)
+        if "jaccs" in out:
+            self.log(f"{stage}/jacc", out["jaccs"].float().mean(), on_step=False, prog_bar=stage != "train", **kw)
+
+    def check_finite(self, losses: Tensor, batch: dict, stage: str, batch_idx: int) -> None:
+        """Stop the run on a NaN or infinite loss (B,), naming the frames: one such step would turn
+        every weight into NaN, and every later loss, mask and J with it. (Bad flow files are
+        already set aside by the loader, so what remains is divergence, e.g. too high a rate.)"""
+        finite = torch.isfinite(losses.detach())
+        if bool(finite.all()):  # one host sync per step, the price of never training on NaN
+            return
+        names = list(batch.get("FlowPath") or [f"sample {i}" for i in range(len(losses))])
+        values = losses.detach().float().cpu().tolist()
+        bad = [f"{names[i]} ({values[i]})" for i in range(len(names)) if not bool(finite[i])]
+        raise NonFiniteLossError(
+            f"non-finite {stage} loss at epoch {int(self.current_epoch)}, batch {batch_idx}: "
+            f"{', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; stopped. "
+            "The last completed epoch is in last.ckpt; lower --optim.lr, or check these flows")
+
+    def training_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict, batch_idx: int):
+        """The step's outputs over the batch's own entries (``Flow``, ``Image``, ``GtMask``, paths),
+        for callbacks that write per-frame files; None when every sample was skipped."""
+        out = self._step(batch, "test", batch_idx)
+        return None if out is None else {**batch, **out}
+
+
+class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
     """Network (``backbone_model`` U-Net + ``head_model``) and the training loop plumbing.
 
     Subclasses define ``Criterion(batch)``. Hyperparameters are the command-line names of the
@@ -91,9 +173,6 @@ class LitSegmentationModel(pl.LightningModule):
                 bilinear=bool(hp["bilinear"]), inner_normalisation=hp["inner_normalisation"],
                 padding_mode=hp["padding_mode"], train_bn=bool(hp["train_bn"]))
             self.head_model = LitHead(int(hp["features_backbone"]), self.L)
-        # Per-frame rows of the current epoch, read by the results writer callback.
-        self.frame_rows: list[dict] = []
-        self.skipped_samples: list[tuple] = []
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:
@@ -224,61 +303,32 @@ class LitSegmentationModel(pl.LightningModule):
     def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
         raise NotImplementedError
 
-    def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> Tensor | None:
-        """The one step shared by train/val/test: predict, loss, log, per-frame rows."""
-        skipped = batch.get("Skipped") or []
-        if skipped:
-            self.skipped_samples.extend((stage, *s) for s in skipped)
-        if "Flow" not in batch:
-            logger.warning("%s batch %d: every sample was skipped (%d), step skipped", stage, batch_idx, len(skipped))
-            return None
-        batch = self.prediction(batch)
-        crit = self.Criterion(batch, with_parametric_flow=self.wants_figure(stage, batch_idx))
-        loss = crit["losses"].mean()
-        self.check_finite(crit["losses"], batch, stage, batch_idx)
-        B = batch["Flow"].shape[0]
-        on_step = stage == "train"
-        sync = stage != "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=B, sync_dist=sync)
-        self.log(f"{stage}/coherence", crit["coherence_losses"].mean(), on_step=False, on_epoch=True,
-                 batch_size=B, sync_dist=sync)
-        self.log(f"{stage}/entropy", crit["entropies"].mean(), on_step=False, on_epoch=True, batch_size=B,
-                 sync_dist=sync)
-        if stage == "val":
-            self.log("epoch_val_loss", loss, on_step=False, on_epoch=True, batch_size=B, sync_dist=True)
-        batch["FrameRows"] = self.collect_frame_rows(batch, crit, stage, batch_idx)
-        return loss
+    def frame_metrics(self, batch: dict) -> dict:
+        raise NotImplementedError
 
-    def check_finite(self, losses: Tensor, batch: dict, stage: str, batch_idx: int) -> None:
-        """Stop the run on a NaN or infinite loss (B,), naming the frames: one such step would turn
-        every weight into NaN, and every later loss, mask and J with it. (Bad flow files are
-        already set aside by the loader, so what remains is divergence, e.g. too high a rate.)"""
-        finite = torch.isfinite(losses.detach())
-        if bool(finite.all()):  # one host sync per step, the price of never training on NaN
-            return
-        names = list(batch.get("FlowPath") or [f"sample {i}" for i in range(len(losses))])
-        values = losses.detach().float().cpu().tolist()
-        bad = [f"{names[i]} ({values[i]})" for i in range(len(names)) if not bool(finite[i])]
-        raise NonFiniteLossError(
-            f"non-finite {stage} loss at epoch {int(self.current_epoch)}, batch {batch_idx}: "
-            f"{', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; stopped. "
-            "The last completed epoch is in last.ckpt; lower --optim.lr, or check these flows")
 
-    def wants_figure(self, stage: str, batch_idx: int) -> bool:
-        return False
+class LitPredictor(SegmentationSteps, pl.LightningModule):
+    """A plain predictor (e.g. ``ClassicalEM``: ``prediction``, ``Criterion``, ``frame_metrics``,
+    ``hparams``, no weights to train) as a LightningModule that validates and tests with the same
+    step as :class:`LitSegmentationModel`, so ``trainer.test`` and its callbacks evaluate it."""
 
-    def collect_frame_rows(self, batch: dict, crit: dict, stage: str, batch_idx: int) -> list[dict]:
-        """Per-frame result rows of this batch (also kept in ``self.frame_rows``)."""
-        return []
+    def __init__(self, predictor: nn.Module) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.save_hyperparameters(dict(predictor.hparams))
+
+    def prediction(self, batch: dict) -> dict:
+        return self.predictor.prediction(batch)
+
+    def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
+        return self.predictor.Criterion(batch, with_parametric_flow=with_parametric_flow)
+
+    def frame_metrics(self, batch: dict) -> dict:
+        return self.predictor.frame_metrics(batch)
 
     def training_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "train", batch_idx)
+        raise RuntimeError(f"{type(self.predictor).__name__} has no weights to train; evaluate it "
+                           "(model_eval.py --model ClassicalEM)")
 
-    def validation_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "val", batch_idx)
-
-    def test_step(self, batch: dict, batch_idx: int):
-        """Returns the batch, now holding ``Pred``, ``PredMask``, ``theta``, ``ParametricFlow`` and
-        ``FrameRows``, for callbacks that write per-frame outputs."""
-        self._step(batch, "test", batch_idx)
-        return batch
+    def configure_optimizers(self):
+        return None

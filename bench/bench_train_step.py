@@ -78,8 +78,7 @@ def run_worker(cfg: dict) -> dict:
         if trivial:
             loss = model(flow).mean()
         else:
-            loss = model.training_step(batch, 0)
-            model.frame_rows.clear()
+            loss = model.training_step(batch, 0)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -164,11 +164,20 @@ def test_entropy_and_distances_by_hand():
     one = torch.zeros(1, 2, 3, 4)
     one[:, 0] = 1
     assert torch.allclose(cm.entropy(one), torch.tensor([0.0]))
-    a = torch.tensor([[3.0], [4.0]])[None, :, :, None]  # (1, 2, 1, 1)
+    # the authors' VectorDistance: components on the last axis, (..., 2) → (...)
+    a = torch.tensor([3.0, -4.0]).expand(1, 2, 3, 2)  # (B, I, J, 2)
     b = torch.zeros_like(a)
-    assert VectorDistance("squared")(a, b).item() == 25.0
-    assert VectorDistance("l2")(a, b).item() == 5.0
-    assert VectorDistance("l1")(a, b).item() == 7.0
+    for name, value in (("squared", 25.0), ("l2", 5.0), ("l1", 7.0)):
+        d = VectorDistance(name)(a, b)
+        assert d.shape == (1, 2, 3) and torch.all(d == value), (name, d)
+        # channel-first (B, 2, I, J) with dim=1: the same numbers as the loss's own distance
+        cf = a.permute(0, 3, 1, 2)
+        assert torch.equal(VectorDistance(name, dim=1)(cf, b.permute(0, 3, 1, 2)), d)
+        assert torch.equal(cm.vector_distance(cf, torch.zeros_like(cf), name), d)
+    with pytest.raises(ValueError, match="components"):
+        VectorDistance("l1")(a, torch.zeros(1, 2, 3, 3))
+    with pytest.raises(ValueError, match="v_distance"):
+        VectorDistance("l3")
 
 
 def test_loss_value_by_hand():

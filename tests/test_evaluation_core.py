@@ -157,14 +157,15 @@ def test_both_pipelines_name_and_summarise_the_same_frames_identically(tmp_path)
     res = evaluate(csv, preds, data, out_dir=tmp_path / "bench", fig_every=0, save_masks=False, progress=False)
     scores = res.scores
     # the same frames through model_eval's writer, with the benchmark's Jaccards as the model's
-    rows = [{"epoch": 0, "step_label": "test", "file_name": r["Flow"], "index": i, "losses": 1.0 + i,
-             "jaccs": "" if math.isnan(r["jacc"]) else r["jacc"], "masks_usages": 0.5}
-            for i, r in scores.iterrows()]
+    n = len(scores)
+    jaccs = [float("nan") if math.isnan(r["jacc"]) else r["jacc"] for _, r in scores.iterrows()]
     writer = evaluation_run.FrameOutputWriter(str(tmp_path / "me"), "test", False, False, False)
     (tmp_path / "me").mkdir()
-    writer.on_test_batch_end(SimpleNamespace(global_rank=0), None,
-                             {"FrameRows": rows, "Pred": torch.zeros(len(rows), 2, H, W),
-                              "PredMask": torch.zeros(len(rows), H, W, dtype=torch.bool)}, None, 0)
+    # a test step's outputs (SegmentationSteps._step), with the benchmark's Jaccards as the model's
+    outputs = {"file_name": scores["Flow"].tolist(), "index": torch.arange(n), "losses": 1.0 + torch.arange(n),
+               "jaccs": torch.tensor(jaccs), "masks_usages": torch.full((n, 2), 0.5),
+               "Pred": torch.zeros(n, 2, H, W), "PredMask": torch.zeros(n, H, W, dtype=torch.bool)}
+    writer.on_test_batch_end(SimpleNamespace(global_rank=0, current_epoch=0), None, outputs, {}, 0)
     written = evaluation_run.collect_rows(str(tmp_path / "me"), "test")
     assert [r["sequence"] for r in written] == scores["sequence"].tolist()
     assert scores["sequence"].tolist() == ["cows", "dog", "cows", "cows", "dog", ".", "cows"]

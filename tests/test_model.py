@@ -159,8 +159,9 @@ def test_small_training_step_on_cpu():
     crit = model.Criterion(batch)
     for key in ("losses", "coherence_losses", "entropies"):
         assert crit[key].shape == (10,) and torch.isfinite(crit[key]).all()
-    assert batch["theta"].shape == (10, 2, 6, 2)
-    assert batch["ParametricFlow"].shape == (10, 2, 128, 224)
+    assert crit["theta"].shape == (10, 2, 6, 2)
+    assert crit["ParametricFlow"].shape == (10, 2, 128, 224)
+    assert sorted(batch) == ["Flow", "GtMask", "Pred"]  # the Criterion wrote nothing into the batch
     opt.zero_grad()
     crit["losses"].mean().backward()
     opt.step()
@@ -213,3 +214,137 @@ def test_classical_em_separates_two_motions():
     assert jacc > 0.95
     again = model.prediction({"Flow": flow})["Pred"]
     assert torch.equal(again, batch["Pred"])  # deterministic
+
+
+# ------------------------------------------------------------------------------------------------
+# The step computes and returns; callbacks record (the module keeps no books)
+# ------------------------------------------------------------------------------------------------
+TINY = {"unet.num_layers": 2, "unet.features_start": 4, "img_size": [32, 48], "theta_method": "OLS"}
+
+
+def tiny_batch(B: int = 3, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"Flow": torch.randn(B, 2, 32, 48, generator=g), "GtMask": (torch.rand(B, 32, 48, generator=g) > 0.5).long(),
+            "FlowPath": [f"seq/{i:05d}.flo" for i in range(B)], "Index": torch.arange(10, 10 + B),
+            "Skipped": [(99, "seq/bad.flo", "unreadable")]}
+
+
+class FakeTrainer:
+    sanity_checking = False
+    is_global_zero = True
+
+    def __init__(self, epoch: int = 0, loggers=()):
+        self.current_epoch = epoch
+        self.loggers = list(loggers)
+
+
+@pytest.mark.filterwarnings("ignore:.*self.log.*")
+def test_step_returns_per_frame_outputs_and_the_writer_records_them(tmp_path):
+    from utils.results import ResultsWriter, read_rows
+
+    torch.manual_seed(0)
+    model = MethodeB(**TINY)
+    batch = tiny_batch()
+    out = model.validation_step(batch, 0)
+    for name in ("frame_rows", "take_frame_rows", "figure_batch", "skipped_samples", "collect_frame_rows"):
+        assert not hasattr(model, name), name  # nothing of the results lives on the module
+    assert out["loss"].requires_grad and out["loss"].shape == ()
+    assert out["losses"].shape == out["jaccs"].shape == (3,) and not out["losses"].requires_grad
+    assert out["masks_usages"].shape == (3, 2) and out["PredMask"].dtype == torch.bool
+    assert out["file_name"] == batch["FlowPath"] and torch.equal(out["index"], batch["Index"])
+    assert torch.equal(out["loss"].detach(), out["losses"].mean())
+    writer = ResultsWriter(str(tmp_path))
+    # pl_module=None: the writer may only use what the step returned and the batch
+    writer.on_validation_batch_end(FakeTrainer(epoch=4), None, out, batch, 0)
+    writer.on_validation_batch_end(FakeTrainer(epoch=4), None, None, {"Skipped": [(7, "seq/x.flo", "nan")]}, 1)
+    assert len(writer.flush(FakeTrainer(epoch=4), None)) == 3
+    rows = read_rows(str(tmp_path / "results.csv"))
+    assert [r["file_name"] for r in rows] == batch["FlowPath"] and {r["epoch"] for r in rows} == {"4"}
+    assert [float(r["losses"]) for r in rows] == pytest.approx(out["losses"].tolist(), rel=1e-6)
+    assert [float(r["jaccs"]) for r in rows] == pytest.approx(out["jaccs"].tolist(), rel=1e-6)
+    assert {r["step_label"] for r in rows} == {"val"}
+    skipped = read_rows(str(tmp_path / "skipped.csv"))
+    assert [(r["step_label"], r["index"]) for r in skipped] == [("val", "99"), ("val", "7")]
+    assert writer.flush(FakeTrainer(epoch=4), None) == []  # recorded once, then forgotten
+
+
+@pytest.mark.filterwarnings("ignore:.*self.log.*")
+def test_validation_figure_callback_draws_the_first_batch(tmp_path):
+    from utils.Callbacks import ValidationFigure
+
+    class Logger:  # anything with a log_dir gets the figure as a PNG
+        log_dir = str(tmp_path)
+
+    model = MethodeB(**TINY)
+    fig = ValidationFigure(n_frames=1)
+    trainer = FakeTrainer(epoch=3, loggers=[Logger()])
+    fig.on_validation_epoch_start(trainer, model)
+    first = tiny_batch(seed=1)
+    fig.on_validation_batch_end(trainer, model, model.validation_step(first, 0), first, 0)
+    second = tiny_batch(seed=2)
+    fig.on_validation_batch_end(trainer, model, model.validation_step(second, 1), second, 1)
+    kept = fig.frames
+    assert kept["FlowPath"] == first["FlowPath"][:1] and torch.equal(kept["Flow"], first["Flow"][:1])
+    for key in ("Pred", "PredMask", "GtMask", "ParametricFlow"):
+        assert kept[key].shape[0] == 1 and kept[key].device.type == "cpu", key
+    fig.on_validation_epoch_end(trainer, model)
+    assert (tmp_path / "figures" / "val_frames_epoch0003.png").is_file()
+
+
+def test_criterion_leaves_the_batch_unchanged_and_returns_theta():
+    model = MethodeB(**TINY, nAffineMasks=3)
+    pred = torch.softmax(torch.randn(2, 3, 32, 48), 1)
+    flow = torch.randn(2, 2, 32, 48)
+    batch = {"Pred": pred, "Flow": flow}
+    before = {k: v.clone() for k, v in batch.items()}
+    crit = model.Criterion(batch)
+    assert sorted(batch) == ["Flow", "Pred"] and all(torch.equal(batch[k], before[k]) for k in before)
+    assert crit["theta"].shape == (2, 3, 6, 2) and crit["ParametricFlow"].shape == (2, 2, 32, 48)
+    assert "ParametricFlow" not in model.Criterion(batch, with_parametric_flow=False)
+    # what figure callbacks compute from the step's θ is the Criterion's parametric flow
+    assert torch.allclose(cm.parametric_flow_of(pred, crit["theta"]), crit["ParametricFlow"], atol=1e-4)
+
+
+@pytest.mark.parametrize("theta_method", ["OLS", "IRLS"])
+def test_coherence_loss_and_criterion_are_the_one_assembly(theta_method):
+    from coherence_loss import coherence_loss
+
+    model = MethodeB(**{**TINY, "theta_method": theta_method}, entropy_weight=0.05)
+    pred = torch.softmax(torch.randn(2, 2, 32, 48), 1).requires_grad_(True)
+    flow = torch.randn(2, 2, 32, 48)
+    ref = cm.em_loss(pred, flow, "Quadratic", "l1", theta_method, entropy_weight=0.05)
+    crit = model.Criterion({"Pred": pred, "Flow": flow})
+    for key in ("losses", "coherence_losses", "entropies", "theta"):
+        assert torch.equal(crit[key], ref[key]), key
+    assert torch.equal(coherence_loss(pred, flow, "Quadratic", "l1", theta_method), ref["coherence_losses"])
+
+
+def test_binarisation_is_set_by_hyperparameters():
+    model = MethodeB(**TINY, binary_method="fair", min_motion=2.0)
+    assert (model.binary_method, model.binariser.binary_method, model.binariser.min_motion) == ("fair", "fair", 2.0)
+    em = ClassicalEM(binary_method="fair")
+    assert em.binariser.binary_method == "fair" and em.binariser.min_motion == 0.0
+    with pytest.raises(ValueError, match="min_motion"):
+        ClassicalEM(min_motion=-1)
+
+
+def test_classical_em_is_a_plain_predictor_that_evaluates(tmp_path):
+    import pytorch_lightning as pl
+
+    from Models.LitSegmentationModel import LitPredictor
+    from utils.Callbacks import ResultsLogger
+    from utils.results import read_rows
+
+    em = ClassicalEM(nAffineMasks=2, em_iterations=3, img_size=[32, 48])
+    assert isinstance(em, torch.nn.Module) and not isinstance(em, pl.LightningModule)
+    batch = tiny_batch()
+    expected = em.frame_metrics(em.prediction({k: batch[k] for k in ("Flow", "GtMask")}))["jaccs"]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ResultsLogger(tmp_path / "test.csv")])
+    loader = torch.utils.data.DataLoader([tiny_batch()], batch_size=None)  # the batch as it is
+    trainer.test(LitPredictor(em), dataloaders=loader, verbose=False)
+    rows = read_rows(str(tmp_path / "test.csv"))
+    assert [r["file_name"] for r in rows] == batch["FlowPath"]
+    assert [float(r["jaccs"]) for r in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+    with pytest.raises(RuntimeError, match="no weights to train"):
+        LitPredictor(em).training_step(batch, 0)

@@ -6,6 +6,10 @@
 - :class:`SaveResultsFig` ``(save_dir)``: for every test frame, the figure, the binary mask and the
   probabilities, at ``save_dir/{Flow path without extension}`` + ``_fig.png`` / ``_binary.png`` /
   ``_proba.npy`` (the names ``model_eval.py`` writes and ``evaluationmodule`` reads).
+- :class:`ValidationFigure`: each epoch, the first validation frames (image, flow, masks, binary
+  mask, ground truth, parametric flow) sent to the run's loggers as ``val/frames``.
+
+All of them record what the steps return (``outputs``) and the batches; the model keeps nothing.
 
 Use them with ``trainer.test(model, ...)`` (and ``ResultsLogger`` with ``trainer.fit``)::
 
@@ -21,15 +25,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+from torch import Tensor
 
 from evaluationmodule.core import as_number, frame_value, output_stem
 from evaluationmodule.frame_outputs import write_frame_outputs  # noqa: F401  (also importable from here)
 from utils.atomic_io import atomic_write_text
-from utils.results import ResultsWriter
+from utils.coherence_math import parametric_flow_of
+from utils.results import ResultsWriter, frame_rows
 
 logger = logging.getLogger(__name__)
 
-#: the per-frame values the model records (CoherenceNet.collect_frame_rows)
+#: the per-frame values a step returns for the rows (``SegmentationSteps._step``)
 RECORDED_KEYS = ("losses", "jaccs", "masks_usages")
 
 
@@ -39,6 +45,8 @@ class ResultsLogger(ResultsWriter):
     ``keys`` are the authors' argument: the values written per frame. This design always records
     the three of :data:`RECORDED_KEYS`, so any other set is refused rather than silently ignored.
     """
+
+    stages = ("train", "val", "test")
 
     def __init__(self, filepath: str | os.PathLike, keys: Sequence[str] = RECORDED_KEYS) -> None:
         if tuple(keys) != RECORDED_KEYS:
@@ -72,14 +80,60 @@ class SaveResultsFig(pl.Callback):
         self.save_dir = os.fspath(save_dir)
         self.save_figure, self.save_mask, self.save_npy = save_figure, save_mask, save_npy
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "test" and self.save_figure and hasattr(pl_module, "test_outputs_need_parametric_flow"):
-            pl_module.test_outputs_need_parametric_flow = True  # the figure's last panel
-
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not isinstance(outputs, dict) or "FrameRows" not in outputs:
-            return  # every sample of the batch was skipped (recorded by the model)
-        for i, row in enumerate(outputs["FrameRows"]):
+        if not isinstance(outputs, dict) or "losses" not in outputs:
+            return  # every sample of the batch was skipped (recorded by ResultsLogger)
+        if self.save_figure:
+            outputs = with_parametric_flow(outputs)
+        for i, row in enumerate(frame_rows(outputs, int(trainer.current_epoch), "test")):
             write_frame_outputs(outputs, i, output_stem(self.save_dir, row["file_name"]), row["file_name"],
                                 as_number(frame_value(row, "jacc")), self.save_figure, self.save_mask, self.save_npy)
+
+
+def with_parametric_flow(outputs: dict[str, Any]) -> dict[str, Any]:
+    """``outputs`` with ``ParametricFlow`` (B, 2, I, J), the figures' last panel, computed from its
+    ``Pred`` (B, L, I, J) and ``theta`` (B, L, ft, 2) where it has both and lacks it."""
+    if "ParametricFlow" in outputs or not isinstance(outputs.get("theta"), Tensor) or "Pred" not in outputs:
+        return outputs
+    return {**outputs, "ParametricFlow": parametric_flow_of(outputs["Pred"], outputs["theta"])}
+
+
+class ValidationFigure(pl.Callback):
+    """Each epoch, the first ``n_frames`` frames of the first validation batch, drawn by
+    ``utils.figures.frames_figure`` (image, flow, masks, binary mask, ground truth, parametric flow)
+    and sent to every logger of the run as ``val/frames`` (rank 0; never during the sanity check)."""
+
+    def __init__(self, n_frames: int = 4) -> None:
+        self.n_frames = int(n_frames)
+        self.frames: dict[str, Any] | None = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.frames = None
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.frames is not None or trainer.sanity_checking or not trainer.is_global_zero or not trainer.loggers:
+            return
+        if not isinstance(outputs, dict) or "Pred" not in outputs or not isinstance(batch, dict):
+            return
+        n = self.n_frames
+        merged = with_parametric_flow({**batch, **{k: outputs[k] for k in ("Pred", "PredMask", "theta")
+                                                   if k in outputs}})
+        # on the host now: the figure is drawn at the epoch's end, after the device moved on
+        self.frames = {k: v[:n].detach().cpu() for k, v in merged.items() if isinstance(v, Tensor) and v.dim() >= 3}
+        for k in ("FlowPath", "ImagePath"):
+            if k in batch:
+                self.frames[k] = list(batch[k][:n])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.frames is None or trainer.sanity_checking or not trainer.is_global_zero or not trainer.loggers:
+            return
+        import matplotlib.pyplot as plt
+
+        from utils.figures import frames_figure, log_figure
+
+        fig = frames_figure(self.frames, title=f"validation, epoch {trainer.current_epoch}")
+        for lg in trainer.loggers:
+            log_figure(lg, fig, "val/frames", int(trainer.current_epoch))
+        plt.close(fig)

@@ -18,7 +18,6 @@ safe. X θ = X' θ' exactly with θ = M θ', so the parametric flow never depend
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import threading
 import weakref
@@ -26,8 +25,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 FT: dict[str, int] = {"Affine": 3, "Quadratic": 6}
 V_DISTANCES: tuple[str, ...] = ("squared", "l1", "l2")
@@ -133,11 +130,6 @@ def conditioned_basis(param_model: str, img_size: Sequence[int], device=None,
 def theta_to_original(theta_c: Tensor, M: Tensor) -> Tensor:
     """θ in the conditioned basis (..., ft, C) → θ in the original basis: θ = M θ'."""
     return (M @ theta_c.double()).to(theta_c.dtype)
-
-
-def theta_to_conditioned(theta: Tensor, M: Tensor) -> Tensor:
-    """Inverse of :func:`theta_to_original`: θ' = M⁻¹ θ."""
-    return torch.linalg.solve(M, theta.double()).to(theta.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,17 +608,21 @@ def entropy(pred: Tensor) -> Tensor:
 
 
 def em_loss(pred: Tensor, flow: Tensor, param_model: str = "Quadratic", v_distance: str = "l1",
-            theta_method: str = "IRLS", entropy_weight: float = 0.01, **solver_kw) -> dict[str, Tensor]:
-    """The full per-sample criterion: M-step (θ detached) then the mask-weighted residual.
+            theta_method: str = "IRLS", entropy_weight: float = 0.01, with_parametric_flow: bool = False,
+            **solver_kw) -> dict[str, Tensor]:
+    """The full per-sample criterion, assembled here only (models and ``coherence_loss`` call it):
+    M-step (θ fitted to each mask, detached), then the mask-weighted residual and the entropy.
 
-    Returns ``losses`` = coherence − entropy_weight · entropy, ``coherence_losses``,
-    ``entropies`` (all (B,)), ``theta`` (B, L, ft, 2) in the original basis and the conditioned
-    ``theta_c``, ``Xc`` and ``M`` (for :func:`parametric_flow`).
+    pred (B, L, I, J) softmax over L, flow (B, 2, I, J). Returns ``losses`` = coherence −
+    entropy_weight · entropy, ``coherence_losses``, ``entropies`` (all (B,), differentiable with
+    respect to ``pred``), ``theta`` (B, L, ft, 2) in the original basis, the conditioned
+    ``theta_c``, ``Xc`` and ``M``, and with ``with_parametric_flow`` the mask-weighted
+    ``ParametricFlow`` (B, 2, I, J), detached.
     """
-    theta_c, Xc, M = fit_theta(pred, flow, param_model, v_distance, theta_method, **solver_kw)
+    theta_c, Xc, M = fit_theta(pred, flow, param_model, v_distance, theta_method, **solver_kw)  # checks shapes
     coherence = coherence_terms(pred, flow, Xc, theta_c, v_distance)
     ent = entropy(pred).to(coherence.dtype)
-    return {
+    out = {
         "losses": coherence - entropy_weight * ent,
         "coherence_losses": coherence,
         "entropies": ent,
@@ -635,6 +631,69 @@ def em_loss(pred: Tensor, flow: Tensor, param_model: str = "Quadratic", v_distan
         "Xc": Xc,
         "M": M,
     }
+    if with_parametric_flow:
+        out["ParametricFlow"] = parametric_flow(pred.detach(), Xc, theta_c)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Classical EM (the non-learned baseline): the masks come from EM on the flow itself
+# --------------------------------------------------------------------------------------------
+def em_initial_masks(flow: Tensor, n_masks: int, param_model: str) -> Tensor:
+    """Deterministic start from the flow by sequential robust fits: flow (B, 2, I, J) → (B, L, I, J).
+
+    A robust (l1 IRLS) motion is fitted to the pixels not yet assigned; its inliers (residual
+    below 2.5 × their median residual) form the next layer (layer 0 is usually the background);
+    layer L−1 takes what is left. The hard partition is softened to 0.9 · hard + 0.1 / L.
+    """
+    B, _, I, J = flow.shape
+    N = I * J
+    remaining = torch.ones(B, N, dtype=flow.dtype, device=flow.device)
+    f = flow.reshape(B, 1, 2, N)
+    layers = []
+    for _ in range(n_masks - 1):
+        theta_c, Xc, _ = fit_theta(remaining.reshape(B, 1, I, J), flow, param_model, "l1", "IRLS")
+        r = (f - layer_flows(Xc, theta_c)).abs().sum(2)[:, 0]  # (B, N)
+        masked = torch.where(remaining > 0, r, torch.full_like(r, float("nan")))
+        scale = masked.nanmedian(1).values.nan_to_num(0.0)[:, None] + 1e-6
+        inliers = (r < 2.5 * scale).to(flow.dtype) * remaining
+        layers.append(inliers)
+        remaining = remaining - inliers
+    layers.append(remaining)
+    hard = torch.stack(layers, 1)  # (B, L, N), a partition
+    return (0.9 * hard + 0.1 / n_masks).reshape(B, n_masks, I, J)
+
+
+@torch.no_grad()
+def em_segment(flow: Tensor, n_masks: int, param_model: str = "Quadratic", v_distance: str = "l1",
+               theta_method: str = "IRLS", iterations: int = 20) -> Tensor:
+    """A mixture of ``n_masks`` parametric motions fitted to each flow (B, 2, I, J) by EM → pred
+    (B, L, I, J), softmax over L, float32.
+
+    Start: :func:`em_initial_masks`. Then ``iterations`` times: M-step θ_k fitted to pred_k
+    (``theta_method``); E-step pred_k ∝ π_k · p(d_k | s_k), a Laplace (``l1``, ``l2``) or Gaussian
+    (``squared``) likelihood of the residual distance d_k with a per-layer scale s_k estimated from
+    the weighted residuals (floored at 1e-3 × mean |flow|), and mixing weights π_k = mean pred_k.
+    """
+    flow = flow.float()
+    if flow.dim() != 4 or flow.shape[1] != 2:
+        raise ValueError(f"expected Flow (B, 2, I, J), got {tuple(flow.shape)}")
+    B, _, I, J = flow.shape
+    L = int(n_masks)
+    pred = em_initial_masks(flow, L, param_model)
+    f = flow.reshape(B, 1, 2, I * J)
+    floor = 1e-3 * flow.abs().mean((1, 2, 3))[:, None, None] + 1e-6  # (B, 1, 1)
+    gaussian = v_distance == "squared"
+    for _ in range(iterations):
+        theta_c, Xc, _ = fit_theta(pred, flow, param_model, v_distance, theta_method)
+        d = residual_distance(f - layer_flows(Xc, theta_c), v_distance, dim=2)  # (B, L, N)
+        p = pred.reshape(B, L, I * J)
+        mass = p.sum(2, keepdim=True).clamp(min=1e-6)  # (B, L, 1)
+        scale = ((p * d).sum(2, keepdim=True) / mass / (1.0 if gaussian else 2.0)).clamp(min=floor)
+        log_norm = torch.log(scale) * (1.0 if gaussian else 2.0)
+        log_pi = torch.log(mass / (I * J))
+        pred = torch.softmax(log_pi - log_norm - d / scale, dim=1).reshape(B, L, I, J)
+    return pred
 
 
 def flow_from_theta(theta: Tensor, param_model: str, img_size: Sequence[int]) -> Tensor:
@@ -642,6 +701,23 @@ def flow_from_theta(theta: Tensor, param_model: str, img_size: Sequence[int]) ->
     X = make_basis(param_model, img_size, device=theta.device, dtype=torch.float64)
     B, L = theta.shape[:2]
     return layer_flows(X, theta.double()).to(theta.dtype).reshape(B, L, 2, int(img_size[0]), int(img_size[1]))
+
+
+def param_model_of(theta: Tensor) -> str:
+    """The motion model whose θ (..., ft, 2) this is, from ft (3: Affine, 6: Quadratic)."""
+    for name, ft in FT.items():
+        if theta.shape[-2] == ft:
+            return name
+    raise ValueError(f"theta (..., ft, 2) with ft in {sorted(FT.values())} expected, got {tuple(theta.shape)}")
+
+
+def parametric_flow_of(pred: Tensor, theta: Tensor) -> Tensor:
+    """Mask-weighted parametric flow Σ_k pred_k X θ_k from θ (B, L, ft, 2) in the original basis and
+    pred (B, L, I, J) → (B, 2, I, J), detached: what figures draw (the motion model follows from ft)."""
+    B, L, I, J = pred.shape
+    with torch.no_grad():
+        flows = flow_from_theta(theta.detach(), param_model_of(theta), (I, J))  # (B, L, 2, I, J)
+        return (pred.detach()[:, :, None].to(flows.dtype) * flows).sum(1)
 
 
 def mean_vector_norm(flow: Tensor) -> Tensor:

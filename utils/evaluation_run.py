@@ -51,10 +51,21 @@ from evaluationmodule.frame_outputs import write_frame_outputs
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
+from Models.LitSegmentationModel import LitPredictor
 from utils import hparams as H
 from utils.atomic_io import atomic_write_text
+from utils.coherence_math import parametric_flow_of
 from utils.quiet_logs import quiet_library_logs
-from utils.results import RESULT_COLUMNS, RunLock, append_rows, atomic_write_json, read_rows, rewrite_rows
+from utils.results import (
+    RESULT_COLUMNS,
+    RunLock,
+    append_rows,
+    atomic_write_json,
+    frame_rows,
+    read_rows,
+    rewrite_rows,
+    skipped_of,
+)
 from utils.run_checks import (
     ConfigError,
     check_cuda,
@@ -120,12 +131,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_model(args: argparse.Namespace) -> pl.LightningModule:
-    """ClassicalEM built from its flags (and --img_size), or MethodeB from ``--ckpt``."""
+def load_model(args: argparse.Namespace) -> pl.LightningModule | ClassicalEM:
+    """ClassicalEM built from its flags (and --img_size), or MethodeB from ``--ckpt``; binarisation
+    from ``--binary_method_gen`` and ``--min_motion``."""
+    if args.min_motion < 0:
+        raise ValueError(f"--min_motion must be >= 0, got {args.min_motion}")
+    binarisation = {"binary_method": args.binary_method_gen} if args.binary_method_gen else {}
+    if args.min_motion:
+        binarisation["min_motion"] = args.min_motion
     if args.model == "ClassicalEM":
-        return ClassicalEM(**ClassicalEM.own_hparams(vars(args)))
+        return ClassicalEM(**{**ClassicalEM.own_hparams(vars(args)), **binarisation})
     try:
-        return MethodeB.load_from_checkpoint(args.ckpt, trust_checkpoint=args.trust_checkpoint)
+        return MethodeB.load_from_checkpoint(args.ckpt, trust_checkpoint=args.trust_checkpoint, **binarisation)
     except CheckpointError as err:
         raise ConfigError(f"--ckpt: {err}") from None
 
@@ -190,6 +207,7 @@ class FrameOutputWriter(pl.Callback):
         self.save_dir, self.step = save_dir, step
         self.draw_figs, self.save_npy, self.save_mask = draw_figs, save_npy, save_mask
         self.base_dir, self.model_sha256 = base_dir, model_sha256
+        self.skipped: list[tuple] = []  # (index, path, reason) of the samples the loader set aside
 
     def part_path(self, rank: int) -> str:
         return os.path.join(self.save_dir, f"results_{self.step}.part{rank}.csv")
@@ -204,9 +222,12 @@ class FrameOutputWriter(pl.Callback):
                 "model_sha256": self.model_sha256, "shape": "x".join(map(str, shape))}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not isinstance(outputs, dict) or "FrameRows" not in outputs:
-            return  # every sample of the batch was skipped (recorded by the model)
-        rows = outputs["FrameRows"]
+        self.skipped.extend(tuple(s) for s in skipped_of(batch))
+        if not isinstance(outputs, dict) or "losses" not in outputs:
+            return  # every sample of the batch was skipped
+        rows = frame_rows(outputs, int(trainer.current_epoch), "test")
+        if self.draw_figs and "ParametricFlow" not in outputs:  # the figure's last panel
+            outputs = {**outputs, "ParametricFlow": parametric_flow_of(outputs["Pred"], outputs["theta"])}
         manifest = []
         for i, row in enumerate(rows):
             stem = output_stem(self.save_dir, row["file_name"])
@@ -340,7 +361,8 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
         trainer = pl.Trainer(logger=lg, callbacks=[writer], enable_checkpointing=False, inference_mode=False,
                              default_root_dir=save_dir, **trainer_kwargs(args))
         try:
-            trainer.test(model, dataloaders=loader, verbose=False)
+            trainer.test(model if isinstance(model, pl.LightningModule) else LitPredictor(model),
+                         dataloaders=loader, verbose=False)
         except (MemoryError, RuntimeError) as err:
             if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
                 raise
@@ -358,11 +380,10 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
     for part in glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv")):
         os.remove(part)
     atomic_write_text(os.path.join(save_dir, f"results_{step}_summary.tsv"), summary_table(rows), fsync=True)
-    skipped = sorted({s[1:] for s in model.skipped_samples if s[0] == "test"})
+    skipped = sorted(set(writer.skipped))
     if skipped:
         rewrite_rows(os.path.join(save_dir, f"skipped_{step}.tsv"),
                      [dict(zip(SKIPPED_COLUMNS, s)) for s in skipped], SKIPPED_COLUMNS, delimiter="\t")
-    model.skipped_samples.clear()
     jaccs = [float(r["jaccs"]) for r in rows if r["jaccs"] not in ("", None)]
     return {"step": step, "split": split_name(dataset.data_path), "frames": len(rows), "frames_in_split": n_total,
             "skipped": len(skipped),
@@ -374,14 +395,6 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, dict]:
     quiet_library_logs()
     pl.seed_everything(args.seed, workers=True)
     model = load_model(args)
-    if args.binary_method_gen or args.min_motion:
-        from evaluationmodule.BinarisationModule import BinarisationModule
-
-        if args.min_motion < 0:
-            raise ValueError(f"--min_motion must be >= 0, got {args.min_motion}")
-        model.binary_method = args.binary_method_gen or model.binary_method
-        model.binariser = BinarisationModule(model.binary_method, min_motion=args.min_motion)
-    model.test_outputs_need_parametric_flow = bool(args.draw_figs)
     img_size = args.img_size if "img_size" in args.explicit else model.hparams["img_size"]
     if args.model == "MethodeB":
         check_img_size(img_size, int(model.hparams["unet.num_layers"]))

@@ -257,7 +257,9 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
     quiet_library_logs()
     lock = None
-    callbacks: list[pl.Callback] = []
+    from utils.Callbacks import ValidationFigure
+
+    callbacks: list[pl.Callback] = [ValidationFigure()]  # draws only when the run has a logger
     ckpt_cb = None
     if save_dir is not None:
         from utils.results import ResultsWriter

@@ -14,7 +14,8 @@ class MethodeB(CoherenceNet):
         MethodeB(**{'nAffineMasks': 2, 'unet.num_layers': 4, 'unet.features_start': 16,
                     'img_size': [128, 224]})
 
-    ``prediction({'Flow': flow})['Pred']`` is (B, L, I, J); ``Criterion(batch)`` gives the loss.
+    ``prediction({'Flow': flow})['Pred']`` is (B, L, I, J); ``Criterion(batch)`` returns the loss
+    terms and θ (``utils.coherence_math.em_loss``).
     The M-step solver is ``theta_method`` (IRLS by default; OLS and the original's Optim remain).
     """
 
