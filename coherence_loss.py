@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from utils.coherence_math import em_loss
+from emseg.core.coherence_math import em_loss
 
 
 def coherence_loss(pred: Tensor, flow: Tensor, param_model: str = "Quadratic", v_distance: str = "l1",
@@ -29,7 +29,7 @@ def coherence_loss(pred: Tensor, flow: Tensor, param_model: str = "Quadratic", v
     -------
     (B,) coherence loss per sample: (1 / (I·J)) Σ_k Σ_i pred_k(i) · d(flow(i), X θ_k(i)), with θ
     fitted to each mask then detached, so the loss is differentiable with respect to ``pred``.
-    It is the ``coherence_losses`` term of :func:`utils.coherence_math.em_loss`, the criterion
+    It is the ``coherence_losses`` term of :func:`emseg.core.coherence_math.em_loss`, the criterion
     the models train on (there without the entropy term).
     """
     return em_loss(pred, flow, param_model, v_distance, theta_method, entropy_weight=0.0)["coherence_losses"]

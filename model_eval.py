@@ -5,14 +5,14 @@
     python model_eval.py --model ClassicalEM --save_dir runs/em --data_file ...   # the EM baseline
     emseg-eval ...                                                              # once installed
 
-All logic lives in utils/evaluation_run.py; see `python model_eval.py --help`.
+All logic lives in emseg/app/evaluation_run.py; see `python model_eval.py --help`.
 """
 
 import logging
 import sys
 
-from utils.evaluation_run import parse_args, run_evaluation
-from utils.run_checks import run_cli
+from emseg.app.evaluation_run import parse_args, run_evaluation
+from emseg.app.run_checks import run_cli
 
 
 def main(argv=None) -> int:

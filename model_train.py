@@ -9,14 +9,14 @@
 their DAVIS paths live.)
 
 ``--config RUN/hparams.json`` replays a run's settings (the flags given with it override them).
-All logic lives in utils/training.py; see `python model_train.py --help` for every flag.
+All logic lives in emseg/app/training.py; see `python model_train.py --help` for every flag.
 """
 
 import logging
 import sys
 
-from utils.run_checks import run_cli
-from utils.training import parse_args, run_training
+from emseg.app.run_checks import run_cli
+from emseg.app.training import parse_args, run_training
 
 
 def main(argv=None) -> int:

@@ -10,15 +10,14 @@
 
 Writes per frame {name}_binary.png, and segmentation.mp4 (video) or segmentation.gif (flow files) of
 the overlays; --save_proba and --overlays add {name}_proba.npy and {name}_overlay.png (on by default
-for flow files). Logic: utils/segmentation.py.
+for flow files). Logic: emseg/app/segmentation.py.
 """
 
 import argparse
 import logging
 import sys
 
-from utils.adaptation import DEFAULT_ADAPT_LR, DEFAULT_ADAPT_STEPS
-from utils.segmentation import (
+from emseg.app.segmentation import (
     BUNDLED_CKPT,
     DIS_PRESETS,
     SegmentOptions,
@@ -27,6 +26,7 @@ from utils.segmentation import (
     segment_flows,
     segment_video,
 )
+from emseg.video.adaptation import DEFAULT_ADAPT_LR, DEFAULT_ADAPT_STEPS
 
 D = SegmentOptions()
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the network on the CPU (default: the fastest exact one installed)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16 is an opt-in that is not exact (argmax agreement ≥ 99 %%, see bench/README.md)")
-    g = p.add_argument_group("quality (see utils/segmentation.py)")
+    g = p.add_argument_group("quality (see emseg/app/segmentation.py)")
     g.add_argument("--no_temporal", action="store_true",
                    help="segment every frame alone (no identity matching, no fusion with the neighbours)")
     g.add_argument("--fusion_weight", type=float, default=D.fusion_weight,

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from emseg.core import coherence_math as cm
+from emseg.core import hparams as H
 from evaluationmodule.BinarisationModule import BinarisationModule
 from Models.LitSegmentationModel import LitSegmentationModel
-from utils import coherence_math as cm
-from utils import hparams as H
 from utils.evaluations import db_eval_iou
 
 
@@ -41,7 +41,7 @@ class CoherenceCriterion:
 
     def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
         """The loss of ``batch['Pred']`` (B, L, I, J) against ``batch['Flow']`` (B, 2, I, J), by
-        :func:`utils.coherence_math.em_loss`; ``batch`` is left as it was.
+        :func:`emseg.core.coherence_math.em_loss`; ``batch`` is left as it was.
 
         Returns ``losses`` = coherence − entropy_weight · entropy, ``coherence_losses``,
         ``entropies`` (B,), ``theta`` (B, L, ft, 2) in the original basis and, with

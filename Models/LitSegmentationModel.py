@@ -1,7 +1,7 @@
 """The LightningModule shell: hyperparameters, network, optimiser, one shared train/val/test step.
 
 The step computes and logs; it keeps nothing. What it returns (``loss`` and per-frame tensors) is
-what callbacks record: ``utils.results.ResultsWriter`` (results.csv), ``utils.Callbacks`` (figures,
+what callbacks record: ``emseg.app.results.ResultsWriter`` (results.csv), ``utils.Callbacks`` (figures,
 per-frame files).
 """
 
@@ -17,11 +17,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from emseg.core import hparams as H
 from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
 from Models.LitBackbone import LitBackbone
 from Models.LitHead import LitHead
-from utils import hparams as H
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +144,11 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
 
     Subclasses define ``Criterion(batch)``. Hyperparameters are the command-line names of the
     authors' code (dotted ones included, e.g. ``'unet.num_layers'``), defined with their defaults
-    in ``utils/hparams.py`` (the groups named by each class's ``HPARAM_GROUPS``); unknown names (a
+    in ``emseg/core/hparams.py`` (the groups named by each class's ``HPARAM_GROUPS``); unknown names (a
     Trainer or data flag an older checkpoint stored) are kept in ``hparams`` but otherwise ignored.
     """
 
-    #: the groups of ``utils/hparams.py`` whose settings this class reads (subclasses add theirs)
+    #: the groups of ``emseg/core/hparams.py`` whose settings this class reads (subclasses add theirs)
     HPARAM_GROUPS: tuple[type, ...] = (H.NetworkHparams, H.UNetHparams, H.OptimHparams, H.InputHparams)
     has_network = True
 
@@ -176,7 +176,7 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:
-        """name → default of every hyperparameter this class reads (read from ``utils/hparams.py``
+        """name → default of every hyperparameter this class reads (read from ``emseg/core/hparams.py``
         at each call)."""
         out = H.defaults(*cls.all_hparam_groups())
         for klass in reversed(cls.__mro__):
@@ -185,7 +185,7 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
 
     @classmethod
     def all_hparam_groups(cls) -> tuple[type, ...]:
-        """The ``utils/hparams.py`` groups of this class and its bases, base first."""
+        """The ``emseg/core/hparams.py`` groups of this class and its bases, base first."""
         out: list[type] = []
         for klass in reversed(cls.__mro__):
             out += [g for g in vars(klass).get("HPARAM_GROUPS", ()) if g not in out]
@@ -202,7 +202,7 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
     # ----------------------------------------------------------------------------------------
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """Network and optimiser flags, with the authors' names (defaults: ``utils/hparams.py``)."""
+        """Network and optimiser flags, with the authors' names (defaults: ``emseg/core/hparams.py``)."""
         g = parent_parser.add_argument_group("network")
         H.add_arguments(g, H.NetworkHparams, exclude=["inputs"])
         UNetAbstract.add_specific_args(parent_parser, g)

@@ -18,8 +18,8 @@ import sys
 
 import torch
 
+from emseg.core.atomic_io import atomic_write
 from Models.checkpoint_io import CheckpointError, read_checkpoint, sanitise_for_safe_load
-from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 

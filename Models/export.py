@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from utils.atomic_io import atomic_write
+from emseg.core.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Benchmark of the θ solvers (the M-step): time and objective of OLS, Optim and IRLS.
 
 For every input kind × param_model × L × v_distance, each method fits θ for a batch through
-``utils.coherence_math.fit_theta`` (what training calls), timed as the median of interleaved
+``emseg.core.coherence_math.fit_theta`` (what training calls), timed as the median of interleaved
 repeats; its objective is Σ_k Σ_i pred_k(i) d(flow(i), Xθ_k(i)) / N per sample (float64), reported
 as the batch mean and as the worst (largest) per-sample ratio to Optim's.
 

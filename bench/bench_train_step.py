@@ -56,8 +56,8 @@ def make_flow(batch: int, img_size: Sequence[int], seed: int) -> torch.Tensor:
 
 def run_worker(cfg: dict) -> dict:
     """Time ``cfg['steps']`` training steps after ``cfg['warmup']``; return times and peak memory."""
+    from emseg.core import coherence_math as cm
     from Models.CoherenceNets.MethodeB import MethodeB
-    from utils import coherence_math as cm
 
     torch.manual_seed(0)
     device = torch.device(cfg["device"])

@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 
 from csvflowdatamodule.CsvDataset import CsvDataset
 from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NORMALISATIONS, TransformsComposer
-from utils import hparams as H
+from emseg.core import hparams as H
 
 logger = logging.getLogger(__name__)
 
-# the constructor's defaults are the flags' (utils/hparams.py)
+# the constructor's defaults are the flags' (emseg/core/hparams.py)
 _DATA = H.DataHparams()
 _INPUT = H.InputHparams()
 

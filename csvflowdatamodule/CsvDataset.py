@@ -1,4 +1,4 @@
-"""File loaders and the DataSplit dataset (formats: docs/METHOD.md §3; flow files: utils/flow_io.py).
+"""File loaders and the DataSplit dataset (formats: docs/METHOD.md §3; flow files: emseg/core/flow_io.py).
 
 A DataSplit CSV has one row per sample and columns among ``Flow`` (.flo or .npy), ``Image``
 (RGB frame), ``GtMask`` (binary mask, any PNG) and ``FlowRGB`` (the flow's colour coding, as a
@@ -31,11 +31,9 @@ from PIL import Image as PILImage
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from evaluationmodule.core import decode_mask
-
-# The flow files' reader, writer and colour coding live in utils/flow_io.py (no project imports);
+# The flow files' reader, writer and colour coding live in emseg/core/flow_io.py (no project imports);
 # they stay importable from here, the authors' module.
-from utils.flow_io import (  # noqa: F401
+from emseg.core.flow_io import (  # noqa: F401
     MAX_FLOW_MAGNITUDE,
     MAX_FLOW_SIDE,
     TAG_FLOAT,
@@ -44,6 +42,7 @@ from utils.flow_io import (  # noqa: F401
     read_flow,
     write_flow,
 )
+from evaluationmodule.core import decode_mask
 
 logger = logging.getLogger(__name__)
 

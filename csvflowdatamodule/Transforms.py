@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from utils.coherence_math import basis_from_coords, grid_coords, mean_vector_norm
+from emseg.core.coherence_math import basis_from_coords, grid_coords, mean_vector_norm
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class TrAugmentFlow:
 
     The added field is rescaled to the input flow's mean vector norm, then multiplied by
     U(0, 1) · α with α = 2, 4, 8 for light, medium, strong. The bases come from
-    ``utils.coherence_math``. Random numbers come from ``generator`` if given, else torch's
+    ``emseg.core.coherence_math``. Random numbers come from ``generator`` if given, else torch's
     global RNG (so ``seed_everything`` and DataLoader worker seeding make runs reproducible).
     """
 

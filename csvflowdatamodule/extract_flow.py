@@ -40,8 +40,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.atomic_io import atomic_write, atomic_write_image
-from utils.flow_io import TAG_FLOAT, write_flow
+from emseg.core.atomic_io import atomic_write, atomic_write_image
+from emseg.core.flow_io import TAG_FLOAT, write_flow
 
 logger = logging.getLogger(__name__)
 

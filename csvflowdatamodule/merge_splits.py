@@ -20,7 +20,7 @@ import sys
 import pandas as pd
 
 from csvflowdatamodule.CsvDataModule import resolve_data_path
-from utils.atomic_io import atomic_write
+from emseg.core.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ ground-truth mask is the union of the objects.
 
 Samples come in sequences of ``frames_per_sequence`` frames: the objects keep their shape and
 move along their motion from frame to frame, and the background motion drifts slowly. The
-parametric motions are built from ``utils.coherence_math`` (centred coordinates in [-1, 1]).
+parametric motions are built from ``emseg.core.coherence_math`` (centred coordinates in [-1, 1]).
 
 Layout under ``out_dir`` (paths in the CSVs are relative to it)::
 
@@ -42,9 +42,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils import hparams as H
-from utils.coherence_math import make_basis
-from utils.flow_io import flow_to_rgb, write_flow
+from emseg.core import hparams as H
+from emseg.core.coherence_math import make_basis
+from emseg.core.flow_io import flow_to_rgb, write_flow
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _SHIFT = 4  # sub-pixel bits for cv2.fillPoly
 # Motions and shapes
 # --------------------------------------------------------------------------------------------
 class _Bases:
-    """Bases of utils.coherence_math at one image size, as NumPy (I·J, ft) float64."""
+    """Bases of emseg.core.coherence_math at one image size, as NumPy (I·J, ft) float64."""
 
     def __init__(self, img_size: tuple[int, int]):
         self.img_size = img_size

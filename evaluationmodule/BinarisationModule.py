@@ -17,7 +17,7 @@ class BinarisationModule:
       half of its argmax pixels lie inside the ground-truth mask.
 
     With ``min_motion > 0`` (off by default, so published numbers stay comparable) the foreground is
-    then kept only where it moves unlike the background (``utils.motion_significance``, which reads
+    then kept only where it moves unlike the background (``emseg.video.motion_significance``, which reads
     the batch's ``'Flow'`` (B, 2, I, J)).
     """
 
@@ -45,7 +45,7 @@ class BinarisationModule:
     @staticmethod
     def significant(Pred: Tensor, Flow: Tensor, PredMask: Tensor, min_motion: float) -> Tensor:
         """PredMask (B, I, J) bool → the part of it that moves unlike the background's fitted motion."""
-        from utils.motion_significance import significant_foreground
+        from emseg.video.motion_significance import significant_foreground
 
         if Flow.shape[:1] + Flow.shape[2:] != PredMask.shape or Flow.shape[1] != 2:
             raise ValueError(f"expected Flow (B, 2, I, J) on PredMask's grid {tuple(PredMask.shape)}, "

@@ -1,6 +1,6 @@
 """Writing the evaluation's outputs: CSV, JSON, binary masks, figures and the per-sequence plot.
 
-The file writers are ``evaluationmodule.writers``' and the per-frame figure ``utils.figures``' (the
+The file writers are ``evaluationmodule.writers``' and the per-frame figure ``emseg.core.figures``' (the
 same as ``model_eval.py``'s); they stay importable from here.
 
 Every file is written to a temporary name in the same folder and then renamed over the target
@@ -21,8 +21,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from emseg.core.atomic_io import atomic_write
 from evaluationmodule.writers import json_safe, write_csv, write_json, write_mask_png, write_npy  # noqa: F401
-from utils.atomic_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,12 @@ def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
 
 def write_frame_figure(path: str | os.PathLike, gt: np.ndarray, labels: np.ndarray, pred_mask: np.ndarray,
                        title: str, image: np.ndarray | None = None, jacc: float | None = None) -> Path:
-    """The per-frame figure (``utils.figures.frame_figure``, the one model_eval draws) at the ground
+    """The per-frame figure (``emseg.core.figures.frame_figure``, the one model_eval draws) at the ground
     truth's size: [image (I, J, 3) uint8], argmax labels (I, J), binary mask (I, J) and ground truth
     (I, J) [with its ``jacc``]."""
     import torch
 
-    from utils.figures import frame_figure, save_figure
+    from emseg.core.figures import frame_figure, save_figure
 
     sample = {"Labels": torch.as_tensor(np.asarray(labels)), "PredMask": torch.as_tensor(np.asarray(pred_mask)),
               "GtMask": torch.as_tensor(np.asarray(gt, dtype=bool))}

@@ -30,7 +30,7 @@ file_name, losses, jaccs, masks_usages``) keep their names, which :func:`frame_v
 ``boundary_f``) in the benchmark's tables.
 
 The writers of the result files are :mod:`evaluationmodule.writers`; the per-frame figure is
-``utils.figures.frame_figure``. This module imports nothing of the project but
+``emseg.core.figures.frame_figure``. This module imports nothing of the project but
 ``evaluationmodule.davis_metrics``, so every layer may use it.
 """
 

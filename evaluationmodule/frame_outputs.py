@@ -1,8 +1,8 @@
 """The per-frame files of a test step, written the same way by ``model_eval.py``
-(``utils.evaluation_run.FrameOutputWriter``) and the authors' ``utils.Callbacks.SaveResultsFig``.
+(``emseg.app.evaluation_run.FrameOutputWriter``) and the authors' ``utils.Callbacks.SaveResultsFig``.
 
 At ``{save_dir}/{Flow path without extension}`` (``core.output_stem``): ``_proba.npy`` (L × I × J
-float32, softmax over L), ``_binary.png`` (0 / 255) and ``_fig.png`` (``utils.figures.frame_figure``).
+float32, softmax over L), ``_binary.png`` (0 / 255) and ``_fig.png`` (``emseg.core.figures.frame_figure``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from emseg.core.figures import frame_figure, save_figure
 from evaluationmodule.core import FRAME_SUFFIXES
 from evaluationmodule.writers import write_mask_png, write_npy
-from utils.figures import frame_figure, save_figure
 
 #: the outputs' keys the figure shows, when the step returned them
 FIGURE_KEYS = ("Image", "Flow", "Pred", "PredMask", "GtMask", "ParametricFlow")

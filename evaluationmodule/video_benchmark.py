@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from emseg.core.atomic_io import atomic_write_text
 from evaluationmodule.davis_metrics import db_eval_boundary
 from evaluationmodule.SaveModule import write_csv, write_grouped_bars, write_json, write_mask_png
-from utils.atomic_io import atomic_write_text
 from utils.evaluations import db_eval_iou
 
 logger = logging.getLogger(__name__)

@@ -1,17 +1,17 @@
 """The result files' writers, shared by every pipeline: strict JSON, CSV tables and rows, masks, arrays.
 
-``model_eval.py`` (``utils/evaluation_run.py``), the benchmark evaluation (``evaluationmodule``), the
-training's results (``utils/results.py``), the authors' callbacks (``utils/Callbacks.py``) and
-``segment.py`` (``utils/segmentation.py``) all write through these functions.
+``model_eval.py`` (``emseg/app/evaluation_run.py``), the benchmark evaluation (``evaluationmodule``), the
+training's results (``emseg/app/results.py``), the authors' callbacks (``utils/Callbacks.py``) and
+``segment.py`` (``emseg/app/segmentation.py``) all write through these functions.
 
-- Every file goes through ``utils.atomic_io.atomic_write`` (written under a temporary name, then
+- Every file goes through ``emseg.core.atomic_io.atomic_write`` (written under a temporary name, then
   renamed), so an interrupted run never leaves a truncated file under the final name.
 - JSON is strict (``allow_nan=False``): NaN and ±inf are written as ``null`` (:func:`json_safe`).
 - Row tables (:func:`append_rows`, :func:`read_rows`, :func:`rewrite_rows`) are plain CSV (or TSV with
   ``delimiter='\\t'``) with a header line; appends are fsync'ed, so a crash keeps whole rows, and a
   torn last line is ignored on reading.
 
-This module imports nothing of the project but ``utils.atomic_io``, so every layer may use it.
+This module imports nothing of the project but ``emseg.core.atomic_io``, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.atomic_io import atomic_write, atomic_write_text
+from emseg.core.atomic_io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

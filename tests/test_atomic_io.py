@@ -1,4 +1,4 @@
-"""utils/atomic_io.py: readers see the old file or the new one, never a partial one."""
+"""emseg/core/atomic_io.py: readers see the old file or the new one, never a partial one."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from utils import atomic_io
-from utils.atomic_io import atomic_write, atomic_write_text
+from emseg.core import atomic_io
+from emseg.core.atomic_io import atomic_write, atomic_write_text
 
 
 def leftovers(folder) -> list[str]:
@@ -74,7 +74,7 @@ def test_atomic_write_image_encodes_by_extension_and_leaves_nothing_on_failure(t
     import cv2
     import numpy as np
 
-    from utils.atomic_io import atomic_write_image
+    from emseg.core.atomic_io import atomic_write_image
 
     img = (np.arange(12 * 20) % 256).astype(np.uint8).reshape(12, 20)
     atomic_write_image(tmp_path / "m.png", img, (cv2.IMWRITE_PNG_COMPRESSION, 1))

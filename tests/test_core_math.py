@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from coherence_loss import coherence_loss
-from utils import coherence_math as cm
+from emseg.core import coherence_math as cm
 from utils.distance_metrics import VectorDistance
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -12,7 +12,7 @@ import pytest
 import csvflowdatamodule.synthetic as synthetic
 from csvflowdatamodule.CsvDataModule import CsvDataModule
 from csvflowdatamodule.CsvDataset import read_flow
-from utils.coherence_math import make_basis
+from emseg.core.coherence_math import make_basis
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from csvflowdatamodule.Transforms import (
     TrFlowNoise,
     TrNormaliseFlow,
 )
-from utils.coherence_math import make_basis, mean_vector_norm
+from emseg.core.coherence_math import make_basis, mean_vector_norm
 
 I, J = 16, 24
 

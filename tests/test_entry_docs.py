@@ -31,7 +31,7 @@ def split_files(data_file: str, steps: list[str]) -> list[str]:
 
 
 def test_model_train_docstring_examples_work():
-    from utils.training import parse_args
+    from emseg.app.training import parse_args
 
     cmds = commands(model_train.__doc__, "model_train.py")
     assert len(cmds) == 2
@@ -45,7 +45,7 @@ def test_model_train_docstring_examples_work():
 
 
 def test_model_eval_docstring_examples_work():
-    from utils.evaluation_run import parse_args
+    from emseg.app.evaluation_run import parse_args
 
     cmds = commands(model_eval.__doc__, "model_eval.py")
     assert cmds

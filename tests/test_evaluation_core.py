@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from csvflowdatamodule.CsvDataset import DataFileError, FilesLoaders
+from emseg.app import evaluation_run
 from evaluationmodule import core, writers
 from evaluationmodule.DataLoadingModule import DataLoadingError, load_gt
 from evaluationmodule.runner import evaluate
-from utils import evaluation_run
 
 
 # ------------------------------------------------------------------------------------------ naming
@@ -195,8 +195,8 @@ def test_one_json_safe_for_every_writer(tmp_path):
     safe = writers.json_safe(obj)
     assert safe == {"nan": None, "inf": None, "f32": 0.5, "arr": [0, 1, 2], "t1": 0.25, "t": [[1, 2]],
                     "set": ["a", "b"], "tuple": [1, 2.0], "path": "a/b", "3": None, "obj": "object", "flag": True}
+    from emseg.app import results
     from evaluationmodule import SaveModule
-    from utils import results
 
     assert results.json_safe is SaveModule.json_safe is writers.json_safe
     SaveModule.write_json(obj, tmp_path / "a.json")
@@ -226,7 +226,7 @@ def test_row_tables_round_trip_and_survive_a_torn_line(tmp_path, caplog):
 
 
 def test_segment_skipped_and_manifest_writers(tmp_path):
-    from utils import segmentation
+    from emseg.app import segmentation
 
     segmentation._write_skipped(tmp_path, [("a,b.flo", "bad magic"), ("c.flo", "truncated")])
     assert writers.read_rows(tmp_path / "skipped.csv") == [{"file": "a,b.flo", "reason": "bad magic"},

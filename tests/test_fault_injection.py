@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from csvflowdatamodule.CsvDataset import write_flow
+from emseg.app import training
 from Models.CoherenceNets.MethodeB import MethodeB
 from tests.conftest import read_csv, run_cli
-from utils import training
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""utils/figures.py: colour codings, the per-frame and per-batch figures, saving and logging them."""
+"""emseg/core/figures.py: colour codings, the per-frame and per-batch figures, saving and logging them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import figures
-from utils.figures import (
+from emseg.core import figures
+from emseg.core.figures import (
     flow_to_rgb,
     frame_figure,
     frame_panels,

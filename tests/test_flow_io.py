@@ -1,4 +1,4 @@
-"""utils/flow_io.py: the .flo writer round-trips bit-exactly (with flowiz too), tensors and arrays
+"""emseg/core/flow_io.py: the .flo writer round-trips bit-exactly (with flowiz too), tensors and arrays
 write the same bytes, and the names stay importable from the authors' csvflowdatamodule.CsvDataset."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils import flow_io
-from utils.flow_io import TAG_FLOAT, DataFileError, read_flow, write_flow
+from emseg.core import flow_io
+from emseg.core.flow_io import TAG_FLOAT, DataFileError, read_flow, write_flow
 
 try:
     from data_helpers import random_flow

@@ -1,4 +1,4 @@
-"""One definition per setting (utils/hparams.py): every default derives from it; the model gets only
+"""One definition per setting (emseg/core/hparams.py): every default derives from it; the model gets only
 its own hyperparameters; --config replays a run; --help shows the defaults and the demo's."""
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import model_eval
 import model_train
 from csvflowdatamodule import synthetic
 from csvflowdatamodule.CsvDataModule import CsvDataModule, resolve_data_path
+from emseg.app import evaluation_run, training
+from emseg.core import hparams as H
+from emseg.core.hparams import ConfigError
 from Models.Backbones.unet import UNet, UNetAbstract
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
 from Models.LitBackbone import LitBackbone
 from tests.data_helpers import make_split
-from utils import evaluation_run, training
-from utils import hparams as H
-from utils.hparams import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--img_size", "16", "32", "--unet.num_layers", "2", "--unet.features_start", "4", "--num_workers", "0",
@@ -66,7 +66,7 @@ def test_changing_a_definition_changes_every_default(monkeypatch):
 
 
 def test_constants_read_from_the_definitions_equal_them():
-    """Signature defaults and module constants are computed from utils/hparams.py at import (a
+    """Signature defaults and module constants are computed from emseg/core/hparams.py at import (a
     changed definition moves them too); the library constructors' own keyword defaults must agree."""
     assert UNetAbstract.DEFAULTS == H.defaults(H.UNetHparams)
     assert list(synthetic.DEFAULT_IMG_SIZE) == H.default("img_size")
@@ -98,8 +98,8 @@ def test_choice_lists_equal_what_the_modules_accept():
 
 
 #: the modules that read the settings: none may spell a setting's default itself
-SCANNED = ["Models", "csvflowdatamodule/CsvDataModule.py", "csvflowdatamodule/synthetic.py", "utils/training.py",
-           "utils/trainer_args.py", "utils/evaluation_run.py", "model_train.py", "model_eval.py"]
+SCANNED = ["Models", "csvflowdatamodule/CsvDataModule.py", "csvflowdatamodule/synthetic.py", "emseg/app/training.py",
+           "emseg/app/trainer_args.py", "emseg/app/evaluation_run.py", "model_train.py", "model_eval.py"]
 
 
 def test_no_module_spells_a_default_of_its_own():

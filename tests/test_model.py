@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from emseg.core import coherence_math as cm
 from evaluationmodule.BinarisationModule import BinarisationModule
 from Models.checkpoint_io import CheckpointError, UnsafeCheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
 from Models.convert_checkpoint import convert_checkpoint
-from utils import coherence_math as cm
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 LEGACY = os.path.join(DATA, "legacy_small.ckpt")
@@ -240,7 +240,7 @@ class FakeTrainer:
 
 @pytest.mark.filterwarnings("ignore:.*self.log.*")
 def test_step_returns_per_frame_outputs_and_the_writer_records_them(tmp_path):
-    from utils.results import ResultsWriter, read_rows
+    from emseg.app.results import ResultsWriter, read_rows
 
     torch.manual_seed(0)
     model = MethodeB(**TINY)
@@ -331,9 +331,9 @@ def test_binarisation_is_set_by_hyperparameters():
 def test_classical_em_is_a_plain_predictor_that_evaluates(tmp_path):
     import pytorch_lightning as pl
 
+    from emseg.app.results import read_rows
     from Models.LitSegmentationModel import LitPredictor
     from utils.Callbacks import ResultsLogger
-    from utils.results import read_rows
 
     em = ClassicalEM(nAffineMasks=2, em_iterations=3, img_size=[32, 48])
     assert isinstance(em, torch.nn.Module) and not isinstance(em, pl.LightningModule)

@@ -21,7 +21,7 @@ packaging_requirements = pytest.importorskip("packaging.requirements")
 
 SCRIPTS = {"emseg-train": "model_train:main", "emseg-eval": "model_eval:main", "emseg-segment": "segment:main"}
 PACKAGES = ("Models", "Models/Backbones", "Models/CoherenceNets", "csvflowdatamodule", "evaluationmodule", "utils")
-MODULES = ("emseg.py", "model_train.py", "model_eval.py", "segment.py", "coherence_loss.py")
+MODULES = ("emseg/__init__.py", "model_train.py", "model_eval.py", "segment.py", "coherence_loss.py")
 # what a copy of the source tree for the build leaves out (outputs, environments, caches)
 IGNORED = shutil.ignore_patterns(".git", ".venv", "venv", ".ci-venv", "__pycache__", "*.pyc", ".pytest_cache",
                                  ".ruff_cache", "build", "dist", "*.egg-info", "runs", "out", "data", "wandb",
@@ -60,7 +60,7 @@ def test_wheel_holds_the_code_the_scripts_and_the_version(wheel):
     for mod in MODULES:
         assert mod in names, mod
     for path in ("Models/Backbones/unet.py", "csvflowdatamodule/CsvDataset.py", "evaluationmodule/Evaluation.py",
-                 "utils/coherence_math.py", "utils/Callbacks.py", "checkpoints/em_small.ckpt"):
+                 "emseg/core/coherence_math.py", "utils/Callbacks.py", "checkpoints/em_small.ckpt"):
         assert path in names, path
     assert not [n for n in names if n.startswith(("tests/", "bench/")) or "__pycache__" in n]
     section = entry_points.split("[console_scripts]")[1]
@@ -90,7 +90,7 @@ def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
     assert script.is_file()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
-    code = ("import segment, utils.segmentation as s; print(segment.__file__); print(s.BUNDLED_CKPT.is_file())")
+    code = ("import segment, emseg.app.segmentation as s; print(segment.__file__); print(s.BUNDLED_CKPT.is_file())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

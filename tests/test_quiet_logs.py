@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
+from emseg.core.quiet_logs import LIGHTNING_INFO_LOGGER, allow_run_files_in_checkpoint_dir, quiet_library_logs
 from tests.conftest import run_cli
-from utils.quiet_logs import LIGHTNING_INFO_LOGGER, allow_run_files_in_checkpoint_dir, quiet_library_logs
 
 NOISE = ("Tip:", "litlogger", "litmodels", "weights_only", "LeafSpec", "hp_metric", "exists and is not empty")
 SMALL = ["--img_size", "64", "112", "--unet.num_layers", "3", "--unet.features_start", "8", "--batch_size", "4",

@@ -12,9 +12,9 @@ from argparse import Namespace
 import pytest
 import torch
 
+from emseg.app.results import RunLock, RunLockError, read_rows
+from emseg.app.training import is_out_of_memory, out_of_memory_message
 from tests.conftest import ROOT, read_csv, run_cli
-from utils.results import RunLock, RunLockError, read_rows
-from utils.training import is_out_of_memory, out_of_memory_message
 
 pytestmark = pytest.mark.slow
 

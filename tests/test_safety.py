@@ -16,6 +16,8 @@ import torch
 
 import model_train
 from csvflowdatamodule.CsvDataset import DataFileError, read_flow, write_flow
+from emseg.app import training
+from emseg.app.results import atomic_write_json
 from Models.checkpoint_io import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from Models.CoherenceNet import CoherenceNet
 from Models.CoherenceNets.MethodeB import MethodeB
@@ -23,8 +25,6 @@ from Models.convert_checkpoint import main as convert_main
 from Models.LitSegmentationModel import NonFiniteLossError
 from tests.conftest import read_csv
 from tests.data_helpers import make_split, write_csv
-from utils import training
-from utils.results import atomic_write_json
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 LEGACY = os.path.join(DATA, "legacy_small.ckpt")

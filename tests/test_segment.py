@@ -14,9 +14,7 @@ from PIL import Image
 
 import segment as segment_cli
 from csvflowdatamodule.CsvDataset import write_flow
-from Models.CoherenceNets.MethodeB import MethodeB
-from tests.conftest import ROOT, read_csv, run_cli
-from utils.segmentation import (
+from emseg.app.segmentation import (
     BUNDLED_CKPT,
     FLOW_WIDTH_HPARAM,
     SegmentOptions,
@@ -25,6 +23,8 @@ from utils.segmentation import (
     segment_flows,
     segment_video,
 )
+from Models.CoherenceNets.MethodeB import MethodeB
+from tests.conftest import ROOT, read_csv, run_cli
 
 FLO = str(Path(ROOT) / "images" / "00000.flo")
 SMALL = {"unet.num_layers": 3, "unet.features_start": 8, "img_size": [32, 48]}

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import coherence_math as cm
+from emseg.core import coherence_math as cm
 
 MODELS = ("Affine", "Quadratic")
 ROBUST = ("l1", "l2")

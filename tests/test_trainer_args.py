@@ -7,9 +7,9 @@ import argparse
 import pytest
 import torch
 
-from utils.hparams import ConfigError
-from utils.trainer_args import accelerator_and_devices, parse_gpus
-from utils.training import DEMO_DEFAULTS, PAPER_MAX_EPOCHS, parse_args
+from emseg.app.trainer_args import accelerator_and_devices, parse_gpus
+from emseg.app.training import DEMO_DEFAULTS, PAPER_MAX_EPOCHS, parse_args
+from emseg.core.hparams import ConfigError
 
 
 def test_parse_gpus_counts_and_ids():

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from emseg.video.adaptation import adapt, mean_loss
+from emseg.video.flow_confidence import forward_backward_confidence, resize_flow, warp
+from emseg.video.motion_significance import significant_foreground, suppress
+from emseg.video.temporal import align_identities, best_permutation, fuse
 from Models.CoherenceNets.MethodeB import MethodeB
-from utils.adaptation import adapt, mean_loss
-from utils.flow_confidence import forward_backward_confidence, resize_flow, warp
-from utils.motion_significance import significant_foreground, suppress
-from utils.temporal import align_identities, best_permutation, fuse
 
 I, J = 48, 64
 

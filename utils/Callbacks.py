@@ -1,7 +1,7 @@
 """The authors' callbacks, on this design's results writers.
 
 - :class:`ResultsLogger` ``(filepath)``: per-frame rows ``epoch, step_label, file_name, losses,
-  jaccs, masks_usages`` of training, validation and test into one CSV (``utils.results.ResultsWriter``:
+  jaccs, masks_usages`` of training, validation and test into one CSV (``emseg.app.results.ResultsWriter``:
   crash-safe, resumable, DDP-aware), and after a test the per-sequence means in ``*_summary.tsv``.
 - :class:`SaveResultsFig` ``(save_dir)``: for every test frame, the figure, the binary mask and the
   probabilities, at ``save_dir/{Flow path without extension}`` + ``_fig.png`` / ``_binary.png`` /
@@ -27,11 +27,11 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor
 
+from emseg.app.results import ResultsWriter, frame_rows
+from emseg.core.atomic_io import atomic_write_text
+from emseg.core.coherence_math import parametric_flow_of
 from evaluationmodule.core import as_number, frame_value, output_stem
 from evaluationmodule.frame_outputs import write_frame_outputs  # noqa: F401  (also importable from here)
-from utils.atomic_io import atomic_write_text
-from utils.coherence_math import parametric_flow_of
-from utils.results import ResultsWriter, frame_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ResultsLogger(ResultsWriter):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rows = self.flush(trainer, pl_module)
         if trainer.is_global_zero:
-            from utils.evaluation_run import sequence_of, summary_table
+            from emseg.app.evaluation_run import sequence_of, summary_table
 
             for row in rows:
                 row["sequence"] = sequence_of(row["file_name"])
@@ -101,7 +101,7 @@ def with_parametric_flow(outputs: dict[str, Any]) -> dict[str, Any]:
 
 class ValidationFigure(pl.Callback):
     """Each epoch, the first ``n_frames`` frames of the first validation batch, drawn by
-    ``utils.figures.frames_figure`` (image, flow, masks, binary mask, ground truth, parametric flow)
+    ``emseg.core.figures.frames_figure`` (image, flow, masks, binary mask, ground truth, parametric flow)
     and sent to every logger of the run as ``val/frames`` (rank 0; never during the sanity check)."""
 
     def __init__(self, n_frames: int = 4) -> None:
@@ -131,7 +131,7 @@ class ValidationFigure(pl.Callback):
             return
         import matplotlib.pyplot as plt
 
-        from utils.figures import frames_figure, log_figure
+        from emseg.core.figures import frames_figure, log_figure
 
         fig = frames_figure(self.frames, title=f"validation, epoch {trainer.current_epoch}")
         for lg in trainer.loggers:

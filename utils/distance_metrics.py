@@ -1,12 +1,12 @@
 """Vector distances between flow fields: the authors' ``utils.distance_metrics.VectorDistance``,
 kept at their import path for code written against it. The models compute the same distances
-through ``utils.coherence_math.vector_distance`` (``residual_distance``)."""
+through ``emseg.core.coherence_math.vector_distance`` (``residual_distance``)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from utils.coherence_math import check_v_distance, vector_distance
+from emseg.core.coherence_math import check_v_distance, vector_distance
 
 
 class VectorDistance:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from utils import hparams as H
+from emseg.core import hparams as H
 
 NORMALISATIONS = ("InstanceNorm", "BatchNorm", "None")
 

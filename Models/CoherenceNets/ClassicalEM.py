@@ -8,16 +8,16 @@ from typing import Any
 
 from torch import nn
 
+from emseg.core import coherence_math as cm
+from emseg.core import hparams as H
 from Models.CoherenceNet import CoherenceCriterion
-from utils import coherence_math as cm
-from utils import hparams as H
 
 logger = logging.getLogger(__name__)
 
 
 class ClassicalEM(CoherenceCriterion, nn.Module):
     """Mixture of L parametric motions fitted by EM to each flow, independently
-    (:func:`utils.coherence_math.em_segment`; its docstring gives the initialisation and the steps).
+    (:func:`emseg.core.coherence_math.em_segment`; its docstring gives the initialisation and the steps).
 
     A plain predictor, not a LightningModule: ``prediction(batch)`` adds ``Pred`` (B, L, I, J),
     ``Criterion``/``frame_metrics`` are the trained model's (same loss, same binarisation) and
@@ -48,13 +48,13 @@ class ClassicalEM(CoherenceCriterion, nn.Module):
 
     @classmethod
     def all_hparam_groups(cls) -> tuple[type, ...]:
-        """The ``utils/hparams.py`` groups its settings come from."""
+        """The ``emseg/core/hparams.py`` groups its settings come from."""
         return H.NetworkHparams, H.InputHparams, H.LossHparams, H.ClassicalEMHparams
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:
         """name → default of every setting it reads: the number of masks and the input size, the
-        loss's and its own (from ``utils/hparams.py``)."""
+        loss's and its own (from ``emseg/core/hparams.py``)."""
         shared = H.defaults(H.NetworkHparams, H.InputHparams)
         return {"nAffineMasks": shared["nAffineMasks"], "img_size": shared["img_size"],
                 **H.defaults(H.LossHparams, H.ClassicalEMHparams)}
@@ -67,7 +67,7 @@ class ClassicalEM(CoherenceCriterion, nn.Module):
 
     @staticmethod
     def add_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """``CLI_FLAGS`` (defaults: ``utils/hparams.py``), in a group of their own."""
+        """``CLI_FLAGS`` (defaults: ``emseg/core/hparams.py``), in a group of their own."""
         g = parent_parser.add_argument_group("ClassicalEM (with --model ClassicalEM)")
         H.add_arguments(g, *ClassicalEM.all_hparam_groups(), only=ClassicalEM.CLI_FLAGS)
         return parent_parser

@@ -15,7 +15,7 @@ class MethodeB(CoherenceNet):
                     'img_size': [128, 224]})
 
     ``prediction({'Flow': flow})['Pred']`` is (B, L, I, J); ``Criterion(batch)`` returns the loss
-    terms and θ (``utils.coherence_math.em_loss``).
+    terms and θ (``emseg.core.coherence_math.em_loss``).
     The M-step solver is ``theta_method`` (IRLS by default; OLS and the original's Optim remain).
     """
 

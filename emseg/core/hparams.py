@@ -1,0 +1,453 @@
+"""Every setting of a run, defined once: name, type, default and help.
+
+Each group is a dataclass whose fields are the settings; a field's metadata holds its key (the
+name stored in hyperparameters and checkpoints, the authors' spelling, dotted ones included, e.g.
+``'unet.num_layers'``), its extra flag spellings (``-L``), its help and, where the value is a
+choice, the choices. Everything else derives from these definitions:
+
+- the command-line flags (:func:`add_arguments`; ``--KEY`` is always a spelling of the flag),
+- the model classes' defaults (``LitSegmentationModel.all_hparam_defaults``, from their
+  ``HPARAM_GROUPS``), ``UNetAbstract.DEFAULTS``, the ``CsvDataModule`` and ``synthetic`` defaults,
+- the checks of a replayed configuration (:func:`check_config`).
+
+Groups: the model's own (:class:`NetworkHparams`, :class:`UNetHparams`, :class:`OptimHparams`,
+:class:`InputHparams`, :class:`LossHparams`, :class:`ClassicalEMHparams`) are what a checkpoint
+stores; the run's (:class:`DataHparams`, :class:`TrainerHparams`, :class:`FitHparams`,
+:class:`RunHparams`) are recorded in ``hparams.json`` with them.
+
+Imports nothing of the project but ``emseg.core.coherence_math`` (for the choice lists), so that every
+layer may read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+from emseg.core import coherence_math as cm
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (a flag, or a key of a configuration file); the message names it."""
+
+
+# Choice lists of settings whose home is a module above this one; tests/test_hparams.py checks they
+# equal the lists those modules accept (LitBackbone.BACKBONES, unet.NORMALISATIONS, ...).
+BACKBONES: tuple[str, ...] = ("unet", "fake")
+NORMALISATIONS: tuple[str, ...] = ("InstanceNorm", "BatchNorm", "None")
+INPUT_TYPES: tuple[str, ...] = ("Flow", "Image", "FlowRGB")
+BINARY_METHODS: tuple[str, ...] = ("exceptbiggest", "fair")
+FLOW_NORMALISATIONS: tuple[str, ...] = ("none", "median", "mean", "max", "znorm")
+FLOW_AUGMENTATIONS: tuple[str, ...] = ("none",) + tuple(
+    fam + strength for fam in ("globalmotion", "globalmotionfullquad") for strength in ("light", "medium", "strong"))
+
+
+def int_or_float(v: str) -> int | float:
+    """``'2'`` → 2 (a count of batches), ``'0.5'`` → 0.5 (a fraction)."""
+    f = float(v)
+    return int(f) if f.is_integer() and "." not in v else f
+
+
+def devices(v: str) -> str | int | list[int]:
+    """``auto``, a count (``2``) or ids (``0,1``)."""
+    if v == "auto":
+        return v
+    if "," in v:
+        return [int(x) for x in v.split(",") if x != ""]
+    return int(v)
+
+
+def hp(default: Any, help: str, *, key: str | None = None, flags: Iterable[str] = (),
+       choices: Iterable[Any] | None = None, nargs: int | str | None = None, metavar: Any = None,
+       parse: Callable[[str], Any] | None = None, default_help: str | None = None) -> Any:
+    """A setting: ``default``, ``help``; ``key`` when it differs from the field's name (dotted
+    names), extra ``flags`` (``-L``), ``choices``, ``nargs`` of a list, ``parse`` (the string →
+    value conversion, when not the type itself), ``default_help`` (the default in words)."""
+    meta = {"help": help, "key": key, "flags": tuple(flags), "choices": None if choices is None else tuple(choices),
+            "nargs": nargs, "metavar": metavar, "parse": parse, "default_help": default_help}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model's own hyperparameters (stored in its checkpoints)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class NetworkHparams:
+    """The network around the U-Net: masks, backbone, inputs."""
+
+    nAffineMasks: int = hp(2, "number of masks L", flags=["-L"])  # noqa: N815 (the authors' name)
+    backbone: str = hp("unet", "unet, or fake: no backbone weights (the input channels repeated), only the head "
+                       "learns", flags=["-bb"], choices=BACKBONES)
+    features_backbone: int = hp(32, "channels of the backbone's output (the head's input)")
+    inputs: list[str] = hp(["Flow"], "network inputs, concatenated on channels", nargs="+", choices=INPUT_TYPES)
+
+
+@dataclass
+class UNetHparams:
+    """The U-Net (``Models/Backbones/unet.UNetAbstract`` owns these flags)."""
+
+    unet_num_layers: int = hp(7, "U-Net levels", key="unet.num_layers")
+    unet_features_start: int = hp(64, "features of the first U-Net level", key="unet.features_start")
+    inner_normalisation: str = hp("InstanceNorm", "normalisation inside the U-Net's convolutions", flags=["-inm"],
+                                  choices=NORMALISATIONS)
+    train_bn: bool = hp(False, "track running statistics in the norms")
+    bilinear: bool = hp(False, "bilinear upsampling instead of transposed conv")
+    padding_mode: str = hp("reflect", "padding of the convolutions", choices=("reflect", "zeros"))
+
+
+@dataclass
+class OptimHparams:
+    """The optimiser and its schedule."""
+
+    optim_name: str = hp("Adam", "optimiser", key="optim.name", choices=("Adam", "RMSprop"))
+    optim_lr: float = hp(1e-4, "learning rate", key="optim.lr")
+    optim_weight_decay: float = hp(0.0, "weight decay", key="optim.weight_decay")
+    optim_schedule: str = hp("constant", "learning rate over the run: constant (the authors'), or cosine decay to "
+                             "zero over max_epochs, stepped every batch", key="optim.schedule",
+                             choices=("constant", "cosine"))
+
+
+@dataclass
+class InputHparams:
+    """What the model's input is: its size, and the frame width its flows were computed at."""
+
+    img_size: list[int] = hp([128, 224], "size the inputs are resized to", flags=["--image_size"], nargs=2,
+                             metavar=("H", "W"))
+    flow_width: int | None = hp(None, "width the frames were downscaled to before their flows were computed "
+                                "(extract_flow --max_width); recorded in the checkpoint, so that segment.py --video "
+                                "computes flows at the scale the model was trained on", default_help="not recorded")
+
+
+@dataclass
+class LossHparams:
+    """The coherence loss (``CoherenceNet``)."""
+
+    param_model: str = hp("Quadratic", "parametric motion model fitted to each mask", choices=tuple(cm.FT))
+    v_distance: str = hp("l1", "distance between the flow and each mask's parametric flow",
+                         choices=cm.V_DISTANCES)
+    theta_method: str = hp("IRLS", "M-step solver: IRLS (robust, fast), OLS (weighted least squares), Optim (the "
+                           "original's L-BFGS, slow)", choices=cm.THETA_METHODS)
+    entropy_weight: float = hp(0.01, "weight of the entropy term subtracted from the coherence loss")
+    binary_method: str = hp("exceptbiggest", "turning L masks into one foreground mask", choices=BINARY_METHODS)
+
+
+@dataclass
+class ClassicalEMHparams:
+    """The non-learned EM baseline."""
+
+    em_iterations: int = hp(20, "ClassicalEM iterations")
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's other settings (hparams.json, not the model)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class DataHparams:
+    """The data module (``CsvDataModule``)."""
+
+    batch_size: int = hp(10, "samples per batch")
+    subsample_train: int = hp(1, "keep every n-th training sample")
+    base_dir: str | None = hp(None, "directory the DataSplit paths are relative to",
+                              default_help="the current directory")
+    data_file: str | None = hp(None, "DataSplit prefix (NAME → NAME_{train,val,test}.csv) or a pattern with '{}'",
+                               default_help="the built-in synthetic dataset")
+    val_augment: bool = hp(False, "augment the validation flows too")
+    flow_normalisation: str = hp("none", "normalisation of every flow (all splits)", choices=FLOW_NORMALISATIONS)
+    flow_augmentation: str = hp("none", "global motion added to training flows (paper: globalmotionfullquadlight)",
+                                choices=FLOW_AUGMENTATIONS)
+    flow_noise: float = hp(0.0, "probability that a training flow gets estimator-like noise blobs, placed in "
+                           "low-texture regions when the split has images (0: off)")
+    num_workers: int | None = hp(None, "DataLoader workers", default_help="the CPUs available, at most 8")
+    strict_data: bool = hp(False, "stop at the first missing or corrupt file instead of skipping the sample")
+
+
+@dataclass
+class TrainerHparams:
+    """Lightning Trainer settings shared by training and evaluation."""
+
+    gpus: list[str] | None = hp(None, "GPUs to use: a count (--gpus 2) or ids (--gpus 0 2); sets the GPU "
+                                "accelerator", nargs="+", default_help="none")
+    accelerator: str = hp("auto", "cpu, gpu, auto …")
+    devices: str | int | list[int] = hp("auto", "a count, ids like 0,1, or auto", parse=devices)
+    strategy: str = hp("auto", "auto, ddp, ddp_spawn …")
+    num_nodes: int = hp(1, "machines taking part")
+    precision: str = hp("32-true", "32-true, bf16-mixed, 16-mixed …")
+    limit_val_batches: int | float = hp(1.0, "validation batches per epoch: a count, or a fraction",
+                                        parse=int_or_float)
+    limit_test_batches: int | float = hp(1.0, "test batches: a count, or a fraction", parse=int_or_float)
+    deterministic: bool = hp(False, "use deterministic algorithms")
+    seed: int = hp(123, "seed of every random generator")
+    logger: str = hp("csv", "where metrics and figures go (wandb runs offline, no account needed)",
+                     choices=("csv", "tensorboard", "wandb", "none"))
+
+
+#: the paper's training length, when --data_file is given and --max_epochs is not
+PAPER_MAX_EPOCHS = 100
+
+#: the built-in demo: what a 2-core CPU trains in a few minutes (used when no --data_file is given,
+#: for every flag the user did not set)
+DEMO_DEFAULTS: dict[str, Any] = {
+    "unet.num_layers": 4,
+    "unet.features_start": 16,
+    "max_epochs": 4,
+    "flow_augmentation": "globalmotionfullquadlight",
+    "optim.lr": 1e-3,
+}
+
+
+@dataclass
+class FitHparams:
+    """Trainer settings of training only."""
+
+    max_epochs: int | None = hp(None, "epochs to train (-1: no limit)",
+                                default_help=f"{PAPER_MAX_EPOCHS} (the paper's), {DEMO_DEFAULTS['max_epochs']} in "
+                                             "the demo")
+    max_steps: int = hp(-1, "optimiser steps to train (-1: no limit)")
+    max_time: str | None = hp(None, "stop after this wall time, DD:HH:MM:SS (checkpoints kept)",
+                              default_help="no limit")
+    limit_train_batches: int | float = hp(1.0, "training batches per epoch: a count, or a fraction",
+                                          parse=int_or_float)
+    check_val_every_n_epoch: int = hp(1, "validate every n epochs")
+    log_every_n_steps: int = hp(50, "log the training metrics every n steps")
+    fast_dev_run: int | float = hp(0, "run N batches of train and val to check the setup (nothing saved)",
+                                   parse=int_or_float)
+    ckpt_path: str | None = hp(None, "resume from a checkpoint; 'last' = PATH_SAVE_MODEL/last.ckpt",
+                               default_help="a new run")
+
+
+@dataclass
+class RunHparams:
+    """Where a training run goes and what it starts from."""
+
+    path_save_model: str | None = hp(None, "directory for checkpoints, results.csv, logs and hyperparameters",
+                                     default_help="runs/DATE-TIME")
+    model_type: str = hp("coherence_B", "the authors' name for MethodeB", choices=("coherence_B",))
+    init_ckpt: str | None = hp(None, "start from these weights (fine-tuning: fresh optimiser and epoch count; the "
+                               "architecture flags must match); unlike --ckpt_path, which resumes a run",
+                               default_help="fresh weights")
+    trust_checkpoint: bool = hp(False, "allow --init_ckpt to need arbitrary unpickling (the authors' legacy files)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the definitions
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    """One setting, as its dataclass field defines it."""
+
+    key: str
+    attr: str
+    type: Any
+    field: dataclasses.Field
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.field.metadata
+
+    @property
+    def default(self) -> Any:
+        f = self.field
+        return f.default_factory() if f.default is MISSING else f.default
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.key}"
+
+
+def specs(group: type) -> list[Spec]:
+    """The settings of one group (a dataclass above), in order."""
+    hints = typing.get_type_hints(group)
+    return [Spec(f.metadata.get("key") or f.name, f.name, hints[f.name], f) for f in dataclasses.fields(group)]
+
+
+def spec_map(*groups: type) -> dict[str, Spec]:
+    """key → Spec over ``groups``."""
+    return {s.key: s for g in groups for s in specs(g)}
+
+
+def defaults(*groups: type) -> dict[str, Any]:
+    """key → default of every setting of ``groups`` (fresh lists)."""
+    return {s.key: s.default for g in groups for s in specs(g)}
+
+
+def default(key: str, *groups: type) -> Any:
+    """The default of one setting (searched in ``groups``, or every group)."""
+    return spec_map(*(groups or ALL_GROUPS))[key].default
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def add_arguments(parser: Any, *groups: type, only: Iterable[str] | None = None,
+                  exclude: Iterable[str] = ()) -> Any:
+    """Add the flags of ``groups`` (restricted to the keys ``only``, minus ``exclude``) to
+    ``parser`` (a parser or an argument group); each flag's help ends with its default."""
+    keep = None if only is None else set(only)
+    drop = set(exclude)
+    for group in groups:
+        for s in specs(group):
+            if (keep is not None and s.key not in keep) or s.key in drop:
+                continue
+            parser.add_argument(s.flag, *s.meta["flags"], **_argparse_kwargs(s))
+    return parser
+
+
+def _argparse_kwargs(s: Spec) -> dict[str, Any]:
+    m = s.meta
+    text = m["help"].replace("%", "%%")
+    kw: dict[str, Any] = {"dest": s.key, "default": s.default}
+    if s.type is bool:
+        kw["action"] = "store_true"
+        kw["help"] = text
+        return kw
+    if m["default_help"] is not None:
+        text += f" (default: {m['default_help']})".replace("%", "%%")
+    elif s.default is not None:
+        text += f" (default: {_show(s.default)})".replace("%", "%%")
+    kw["help"] = text
+    item = _list_item(s.type)
+    kw["type"] = m["parse"] or (item if item is not None else _scalar_of(s.type))
+    if kw["type"] is str:
+        del kw["type"]
+    if m["nargs"] is not None:
+        kw["nargs"] = m["nargs"]
+    if m["choices"] is not None:
+        kw["choices"] = list(m["choices"])
+    if m["metavar"] is not None:
+        kw["metavar"] = m["metavar"]
+    return kw
+
+
+def _union_args(t: Any) -> tuple[Any, ...]:
+    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+        return typing.get_args(t)
+    return (t,)
+
+
+def _list_item(t: Any) -> Any:
+    for a in _union_args(t):
+        if typing.get_origin(a) is list:
+            return typing.get_args(a)[0]
+    return None
+
+
+def _scalar_of(t: Any) -> Any:
+    args = [a for a in _union_args(t) if a is not type(None)]
+    return args[0] if len(args) == 1 else str
+
+
+# ------------------------------------------------------------------------------------------------
+# Values from files
+# ------------------------------------------------------------------------------------------------
+def coerce(s: Spec, value: Any) -> Any:
+    """``value`` (read from a JSON/YAML file) as setting ``s`` takes it; ValueError if it cannot."""
+    if isinstance(value, str) and s.meta["parse"] is not None:
+        value = s.meta["parse"](value)
+    out = _as_type(value, s.type)
+    if out is _NO:
+        raise ValueError(f"expected {_type_name(s.type)}, got {value!r}")
+    choices = s.meta["choices"]
+    if choices is not None:
+        bad = [v for v in (out if isinstance(out, list) else [out]) if v not in choices]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not one of {list(choices)}")
+    n = s.meta["nargs"]
+    if isinstance(n, int) and isinstance(out, list) and len(out) != n:
+        raise ValueError(f"expected {n} values, got {len(out)}")
+    if n == "+" and isinstance(out, list) and not out:
+        raise ValueError("expected at least one value")
+    return out
+
+
+_NO = object()
+
+
+def _as_type(value: Any, t: Any) -> Any:
+    for a in _union_args(t):
+        if a is type(None):
+            if value is None:
+                return None
+        elif a is bool:
+            if isinstance(value, bool):
+                return value
+        elif a is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif a is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif a is str:
+            if isinstance(value, str):
+                return value
+        elif typing.get_origin(a) is list and isinstance(value, (list, tuple)):
+            item = typing.get_args(a)[0]
+            out = [_as_type(v, item) for v in value]
+            if all(v is not _NO for v in out):
+                return out
+    return _NO
+
+
+def _type_name(t: Any) -> str:
+    names = []
+    for a in _union_args(t):
+        names.append("null" if a is type(None) else getattr(a, "__name__", str(a)) if typing.get_origin(a) is None
+                     else f"a list of {_type_name(typing.get_args(a)[0])}")
+    return " or ".join(names)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings a run recorded: its ``hparams.json``, or a Lightning ``hparams.yaml``."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    is_yaml = path.endswith((".yaml", ".yml"))
+    if is_yaml:
+        import yaml
+
+        errors: tuple[type[BaseException], ...] = (yaml.YAMLError,)
+    else:
+        errors = (ValueError,)
+    try:
+        data = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except errors as err:
+        raise ConfigError(f"--config {path}: not valid {'YAML' if is_yaml else 'JSON'} "
+                          f"({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of setting → value, got {type(data).__name__}")
+    return data
+
+
+def check_config(config: Mapping[str, Any], path: str, known: Mapping[str, Spec]) -> dict[str, Any]:
+    """``config`` with every value as its setting takes it; an unknown key or a bad value is a
+    ConfigError naming the key and the file."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        s = known.get(key)
+        if s is None:
+            raise ConfigError(f"--config {path}: unknown setting {key!r} (not a flag of this command)")
+        try:
+            out[key] = coerce(s, value)
+        except ValueError as err:
+            raise ConfigError(f"--config {path}: {key}: {err}") from None
+    return out
+
+
+#: the model's own groups: what a checkpoint stores
+MODEL_GROUPS: tuple[type, ...] = (NetworkHparams, UNetHparams, OptimHparams, InputHparams, LossHparams,
+                                  ClassicalEMHparams)
+#: every group
+ALL_GROUPS: tuple[type, ...] = MODEL_GROUPS + (DataHparams, TrainerHparams, FitHparams, RunHparams)
