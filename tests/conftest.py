@@ -12,8 +12,13 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The suite must fit 2 CPU cores; torch's own threads compete with DataLoader workers otherwise.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The suite must fit 2 CPU cores, shared by pytest-xdist's workers (pyproject.toml: -n auto, at most 4).
+# Each worker, and every command line a test starts (they inherit OMP_NUM_THREADS), gets its share of
+# the cores: more threads than cores make OpenMP wait on threads that are not running.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 @pytest.fixture(scope="session")
