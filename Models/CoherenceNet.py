@@ -12,7 +12,7 @@ from torch import Tensor
 
 from emseg.core import coherence_math as cm
 from emseg.core import hparams as H
-from evaluationmodule.BinarisationModule import BinarisationModule
+from evaluationmodule.BinarisationModule import Binariser
 from Models.LitSegmentationModel import LitSegmentationModel
 from utils.evaluations import db_eval_iou
 
@@ -33,7 +33,7 @@ class CoherenceCriterion:
         cm.check_param_model(self.param_model)
         cm.check_v_distance(self.v_distance)
         cm.check_theta_method(self.theta_method)
-        self.binariser = BinarisationModule(self.binary_method, min_motion=float(hp.get("min_motion") or 0.0))
+        self.binariser = Binariser(self.binary_method, min_motion=float(hp.get("min_motion") or 0.0))
 
     def ComputeTheta(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:  # noqa: N802 (authors' name)
         """M-step: θ' (B, L, ft, 2) in the conditioned basis, Xc (N, ft), M (ft, ft)."""

@@ -57,7 +57,7 @@ class BatchPreparator:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-class LitBackbone(nn.Module):
+class Backbone(nn.Module):
     """``model`` is the backbone network; ``prepare_input(batch)`` is its :class:`BatchPreparator`.
 
     ``backbone='unet'``: the U-Net, input (B, C, I, J) → features (B, features_backbone, I, J).
@@ -86,3 +86,7 @@ class LitBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+
+#: the authors' name for it (their scripts and snippets import it)
+LitBackbone = Backbone

@@ -9,7 +9,7 @@ class SingleMask(nn.Module):
     """The authors' head network: features (B, in_feats, I, J) → logits (B, out_feats, I, J).
 
     One 1×1 convolution (``pred_conv``, the name their checkpoints store); the softmax over the
-    L = ``out_feats`` masks is applied by :class:`LitHead`.
+    L = ``out_feats`` masks is applied by :class:`MaskHead`.
     """
 
     def __init__(self, in_feats: int, out_feats: int) -> None:
@@ -20,7 +20,7 @@ class SingleMask(nn.Module):
         return self.pred_conv(x)
 
 
-class LitHead(nn.Module):
+class MaskHead(nn.Module):
     """features (B, features_backbone, I, J) → pred (B, L, I, J), softmax over L."""
 
     def __init__(self, features_backbone: int = 32, n_masks: int = 2) -> None:
@@ -31,3 +31,7 @@ class LitHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x).softmax(dim=1)
+
+
+#: the authors' name for it (their scripts and snippets import it)
+LitHead = MaskHead

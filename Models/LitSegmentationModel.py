@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from emseg.core import hparams as H
 from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
-from Models.LitBackbone import LitBackbone
-from Models.LitHead import LitHead
+from Models.LitBackbone import Backbone
+from Models.LitHead import MaskHead
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +167,12 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
         self.save_hyperparameters(hp)
         self.L = int(hp["nAffineMasks"])
         if self.has_network:
-            self.backbone_model = LitBackbone(
+            self.backbone_model = Backbone(
                 inputs=hp["inputs"], backbone=hp["backbone"], features_backbone=int(hp["features_backbone"]),
                 num_layers=int(hp["unet.num_layers"]), features_start=int(hp["unet.features_start"]),
                 bilinear=bool(hp["bilinear"]), inner_normalisation=hp["inner_normalisation"],
                 padding_mode=hp["padding_mode"], train_bn=bool(hp["train_bn"]))
-            self.head_model = LitHead(int(hp["features_backbone"]), self.L)
+            self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:

@@ -13,4 +13,4 @@ definition of the version: ``pyproject.toml`` reads ``__version__`` (``[tool.set
 CHANGELOG.md and CITATION.cff name the same number (``tests/test_packaging.py`` checks that they agree).
 """
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"

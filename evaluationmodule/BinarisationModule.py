@@ -8,7 +8,7 @@ from torch import Tensor
 BINARY_METHODS = ("exceptbiggest", "fair")
 
 
-class BinarisationModule:
+class Binariser:
     """``binarise(d)`` adds ``'PredMask'`` (B, I, J) bool to a batch holding ``'Pred'`` (B, L, I, J).
 
     - ``exceptbiggest`` (no ground truth needed): foreground is every pixel whose argmax label is
@@ -63,7 +63,7 @@ class BinarisationModule:
     @staticmethod
     def exceptbiggest(Pred: Tensor) -> Tensor:
         """Pred (B, L, I, J) → (B, I, J) bool: pixels not in the most frequent argmax label."""
-        BinarisationModule._check(Pred)
+        Binariser._check(Pred)
         labels = Pred.max(1).indices  # (B, I, J); = argmax(1), whose CPU kernel is ~20x slower
         counts = torch.nn.functional.one_hot(labels.flatten(1), Pred.shape[1]).sum(1)  # (B, L)
         biggest = counts.argmax(1)  # ties go to the lowest label, deterministically
@@ -72,7 +72,7 @@ class BinarisationModule:
     @staticmethod
     def fair(Pred: Tensor, GtMask: Tensor) -> Tensor:
         """Pred (B, L, I, J), GtMask (B, I, J) → (B, I, J) bool: labels mostly inside the truth."""
-        BinarisationModule._check(Pred)
+        Binariser._check(Pred)
         if GtMask.shape != Pred.shape[:1] + Pred.shape[2:]:
             raise ValueError(f"expected GtMask (B, I, J) = {tuple(Pred.shape[:1] + Pred.shape[2:])}, "
                              f"got {tuple(GtMask.shape)}")
@@ -82,3 +82,7 @@ class BinarisationModule:
         total = onehot.sum(1)
         fg_labels = 2 * inside > total  # strictly more than half
         return (onehot * fg_labels[:, None, :]).sum(-1).reshape(GtMask.shape).bool()
+
+
+#: the authors' name for it (their scripts and snippets import it)
+BinarisationModule = Binariser

@@ -210,7 +210,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray | None:
         return None
 
 
-class DataLoadingModule:
+class PredictionLoader:
     """Loads the pieces of one DataSplit row.
 
     Args:
@@ -276,3 +276,7 @@ class DataLoadingModule:
         if not rel:
             return None
         return load_image(self.data_path(rel))
+
+
+#: the authors' name for it (their scripts and snippets import it)
+DataLoadingModule = PredictionLoader

@@ -84,7 +84,7 @@ def write_per_sequence_plot(per_sequence: pd.DataFrame, path: str | os.PathLike,
                               path, title or "Per-sequence J and F (dashed: mean over sequences)")
 
 
-class SaveModule:
+class EvaluationSaver:
     """Writes one evaluation's outputs under ``out_dir``.
 
     Layout: ``scores.csv``, ``per_sequence.csv``, ``per_sequence.png``, ``settings.json``,
@@ -121,3 +121,7 @@ class SaveModule:
 
     def save_summary(self, summary: dict) -> Path:
         return write_json(summary, self.out_dir / "summary.json")
+
+
+#: the authors' name for it (their scripts and snippets import it)
+SaveModule = EvaluationSaver

@@ -1,7 +1,7 @@
 """Scoring saved probabilities against ground-truth masks, frame by frame and sequence by sequence.
 
 Per frame: the probabilities (L, I, J) are resized to the ground truth's size (H, W) (bilinear,
-align_corners=False), binarised with ``BinarisationModule`` and scored with
+align_corners=False), binarised with ``Binariser`` and scored with
 
 - ``jacc``: the region Jaccard J (``utils.evaluations.db_eval_iou``),
 - ``bbox_jacc``: Jaccard of the ground truth's bounding box and the bounding box of the largest
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluationmodule import davis_metrics
-from evaluationmodule.BinarisationModule import BINARY_METHODS, BinarisationModule
+from evaluationmodule.BinarisationModule import BINARY_METHODS, Binariser
 from utils.evaluations import db_eval_iou
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,14 @@ def resize_proba(proba: np.ndarray | torch.Tensor, size: tuple[int, int]) -> tor
 
 
 def binarise(proba: torch.Tensor, gt: np.ndarray | None = None, binary_method: str = "exceptbiggest") -> np.ndarray:
-    """Probabilities (L, H, W) → binary foreground (H, W) bool via ``BinarisationModule``.
+    """Probabilities (L, H, W) → binary foreground (H, W) bool via ``Binariser``.
 
     ``gt`` (H, W) is needed for ``fair`` only.
     """
     batch: dict[str, torch.Tensor] = {"Pred": torch.as_tensor(proba)[None]}
     if gt is not None:
         batch["GtMask"] = torch.as_tensor(np.asarray(gt, dtype=bool))[None]
-    return BinarisationModule(binary_method).binarise(batch)["PredMask"][0].cpu().numpy().astype(bool)
+    return Binariser(binary_method).binarise(batch)["PredMask"][0].cpu().numpy().astype(bool)
 
 
 def jaccard(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -157,12 +157,12 @@ class FrameScore:
                 "boundary_f": self.boundary_f, **self.stats}
 
 
-class ScoreModule:
+class FrameScorer:
     """Scores one frame: resize → binarise → J, bbox Jaccard, boundary F and mask statistics.
 
     Args:
         scoring_method: ``db_eval_iou`` (region Jaccard) or ``bbox_jacc`` (MoCA); picks ``score``.
-        binary_method: ``exceptbiggest`` or ``fair`` (see BinarisationModule).
+        binary_method: ``exceptbiggest`` or ``fair`` (see Binariser).
         bound_th: boundary tolerance, fraction of the image diagonal (< 1) or pixels (≥ 1).
     """
 
@@ -204,3 +204,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(runner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: the authors' name for it (their scripts and snippets import it)
+ScoreModule = FrameScorer

@@ -1,6 +1,6 @@
 """The benchmark evaluation of one DataSplit: ``evaluate`` scores every row's saved probabilities
-(``ScoreModule``), summarises them per sequence and overall (``evaluationmodule.core``) and writes
-the outputs (``SaveModule``). ``evaluationmodule.Evaluation`` is its command line.
+(``FrameScorer``), summarises them per sequence and overall (``evaluationmodule.core``) and writes
+the outputs (``EvaluationSaver``). ``evaluationmodule.Evaluation`` is its command line.
 
 Every DataSplit row leaves exactly one record in ``scores.csv``: ``status`` is ``ok``, ``missing``
 (no prediction file) or ``error: <reason naming the file>``; unscored rows are counted, never dropped.
@@ -26,12 +26,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from evaluationmodule import core, davis_metrics
 from evaluationmodule.DataLoadingModule import (
     DataLoadingError,
-    DataLoadingModule,
+    PredictionLoader,
     check_proba_shape,
     read_split,
 )
-from evaluationmodule.SaveModule import SaveModule
-from evaluationmodule.ScoreModule import SCORE_COLUMNS, ScoreModule, default_scoring_method
+from evaluationmodule.SaveModule import EvaluationSaver
+from evaluationmodule.ScoreModule import SCORE_COLUMNS, FrameScorer, default_scoring_method
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def evaluate(data_file: str | os.PathLike, model_base_dir: str | os.PathLike, da
         extra_settings: merged into settings.json (the CLI passes its arguments).
 
     Returns:
-        EvaluationResult; the same content is written to ``out_dir`` (see SaveModule).
+        EvaluationResult; the same content is written to ``out_dir`` (see EvaluationSaver).
     """
     csv_path = core.resolve_data_file(data_file, step)
     name = core.split_name(csv_path)
@@ -155,13 +155,13 @@ def evaluate(data_file: str | os.PathLike, model_base_dir: str | os.PathLike, da
                          f"got {decay_binning!r}")
     if fig_every < 0:
         raise ValueError(f"--fig_every must be ≥ 0, got {fig_every}")
-    scorer = ScoreModule(scoring_method, binary_method, bound_th)
-    loader = DataLoadingModule(data_base_dir, model_base_dir)
+    scorer = FrameScorer(scoring_method, binary_method, bound_th)
+    loader = PredictionLoader(data_base_dir, model_base_dir)
     split = read_split(csv_path)
     if split.empty:
         logger.warning("DataSplit %s has no rows", csv_path)
     out = Path(out_dir) if out_dir is not None else output_dir(model_base_dir, model_id, name)
-    saver = SaveModule(out)
+    saver = EvaluationSaver(out)
 
     settings: dict[str, Any] = {
         **(extra_settings or {}),
@@ -198,7 +198,7 @@ def evaluate(data_file: str | os.PathLike, model_base_dir: str | os.PathLike, da
 class _RowEvaluator:
     """Scores DataSplit rows one by one; every row leaves exactly one record (status 'ok', 'missing' or 'error: …')."""
 
-    def __init__(self, loader: DataLoadingModule, scorer: ScoreModule, saver: SaveModule, fig_every: int,
+    def __init__(self, loader: PredictionLoader, scorer: FrameScorer, saver: EvaluationSaver, fig_every: int,
                  save_masks: bool) -> None:
         self.loader, self.scorer, self.saver = loader, scorer, saver
         self.fig_every, self.save_masks = fig_every, save_masks

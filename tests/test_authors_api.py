@@ -163,3 +163,27 @@ def test_results_logger_refuses_what_it_cannot_do(tmp_path):
         ResultsLogger(tmp_path / "r.csv", keys=["losses"])
     with pytest.raises(ValueError, match=r"\.csv"):
         ResultsLogger(tmp_path / "r.txt")
+
+
+def test_classes_are_named_for_what_they_are_and_keep_the_authors_names():
+    """A ``*Module`` class here is not a torch/Lightning module and ``Lit*`` is not a LightningModule; each has
+    a name that says what it is, and the authors' name is the same class."""
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from evaluationmodule.BinarisationModule import BinarisationModule, Binariser
+    from evaluationmodule.DataLoadingModule import DataLoadingModule, PredictionLoader
+    from evaluationmodule.SaveModule import EvaluationSaver, SaveModule
+    from evaluationmodule.ScoreModule import FrameScorer, ScoreModule
+    from Models.LitBackbone import Backbone, LitBackbone
+    from Models.LitHead import LitHead, MaskHead
+
+    pairs = {"BinarisationModule": (BinarisationModule, Binariser), "DataLoadingModule": (DataLoadingModule,
+             PredictionLoader), "SaveModule": (SaveModule, EvaluationSaver), "ScoreModule": (ScoreModule, FrameScorer),
+             "LitBackbone": (LitBackbone, Backbone), "LitHead": (LitHead, MaskHead)}
+    for name, (old, new) in pairs.items():
+        assert old is new and new.__name__ != name
+    for cls in (Binariser, PredictionLoader, EvaluationSaver, FrameScorer):
+        assert not issubclass(cls, nn.Module)
+    for cls in (Backbone, MaskHead):
+        assert issubclass(cls, nn.Module) and not issubclass(cls, pl.LightningModule)

@@ -28,10 +28,10 @@ def min_input_side(num_layers: int) -> int:
 
 def network_parameters(hp: Mapping[str, Any]) -> int:
     """Parameters of the U-Net these hyperparameters describe, counted on the meta device (no memory)."""
-    from Models.LitBackbone import LitBackbone
+    from Models.LitBackbone import Backbone
 
     with torch.device("meta"):
-        net = LitBackbone(inputs=hp.get("inputs", ["Flow"]), features_backbone=int(hp.get("features_backbone", 32)),
+        net = Backbone(inputs=hp.get("inputs", ["Flow"]), features_backbone=int(hp.get("features_backbone", 32)),
                           num_layers=int(hp["unet.num_layers"]), features_start=int(hp["unet.features_start"]),
                           bilinear=bool(hp.get("bilinear", False)),
                           inner_normalisation=hp.get("inner_normalisation", "InstanceNorm"),

@@ -116,7 +116,7 @@ def frames_figure(batch: dict, title: str = "", jaccs: Any = None, max_frames: i
 
 def frame_figure(sample: dict, title: str = "", jacc: float | None = None, argmax: bool = True):
     """The per-frame evaluation figure of every pipeline (model_eval, ``SaveResultsFig``, the
-    benchmark's ``SaveModule``): image, flow, argmax of the masks, binary mask, ground truth with its
+    benchmark's ``EvaluationSaver``): image, flow, argmax of the masks, binary mask, ground truth with its
     Jaccard, parametric flow: the panels the sample holds (:func:`frame_panels`)."""
     batch = {k: (v[None] if isinstance(v, Tensor) else v) for k, v in sample.items()}
     return frames_figure(batch, title=title, jaccs=None if jacc is None else [jacc], max_frames=1, argmax=argmax)

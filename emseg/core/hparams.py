@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 
 # Choice lists of settings whose home is a module above this one; tests/test_hparams.py checks they
-# equal the lists those modules accept (LitBackbone.BACKBONES, unet.NORMALISATIONS, ...).
+# equal the lists those modules accept (Backbone.BACKBONES, unet.NORMALISATIONS, ...).
 BACKBONES: tuple[str, ...] = ("unet", "fake")
 NORMALISATIONS: tuple[str, ...] = ("InstanceNorm", "BatchNorm", "None")
 INPUT_TYPES: tuple[str, ...] = ("Flow", "Image", "FlowRGB")
