@@ -21,9 +21,6 @@ import torch
 from emseg.core.atomic_io import atomic_write
 from Models.checkpoint_io import CheckpointError, read_checkpoint, sanitise_for_safe_load
 
-logger = logging.getLogger(__name__)
-
-
 INFERENCE_KEYS = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
 
 

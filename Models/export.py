@@ -39,8 +39,6 @@ from torch import Tensor, nn
 
 from emseg.core.atomic_io import atomic_write
 
-logger = logging.getLogger(__name__)
-
 FORMATS = ("onnx", "openvino")
 #: ONNX opset of the exported graphs (supported by onnxruntime and OpenVINO's ONNX reader)
 OPSET = 17

@@ -9,15 +9,12 @@ its own statistics and, for the augmentation, its own random motion).
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from emseg.core.coherence_math import basis_from_coords, grid_coords, mean_vector_norm
-
-logger = logging.getLogger(__name__)
 
 FLOW_NORMALISATIONS: tuple[str, ...] = ("none", "median", "mean", "max", "znorm")
 AUGMENTATION_STRENGTHS: dict[str, float] = {"light": 2.0, "medium": 4.0, "strong": 8.0}

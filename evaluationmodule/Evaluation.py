@@ -31,7 +31,6 @@ from evaluationmodule.ScoreModule import SCORING_METHODS  # noqa: E402
 
 __all__ = ["build_parser", "cli", "evaluate", "main", "new_output_dir", "prediction_dir"]
 
-logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:

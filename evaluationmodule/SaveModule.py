@@ -10,7 +10,6 @@ per-sequence plot uses matplotlib's object API with the Agg canvas (no pyplot).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,6 @@ from matplotlib.figure import Figure
 
 from emseg.core.atomic_io import atomic_write
 from evaluationmodule.writers import json_safe, write_csv, write_json, write_mask_png, write_npy  # noqa: F401
-
-logger = logging.getLogger(__name__)
 
 
 def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:

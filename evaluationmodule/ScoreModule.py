@@ -17,7 +17,6 @@ The evaluation of a whole DataSplit (``evaluate``, the per-sequence table and th
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,6 @@ import torch.nn.functional as F
 from evaluationmodule import davis_metrics
 from evaluationmodule.BinarisationModule import BINARY_METHODS, Binariser
 from utils.evaluations import db_eval_iou
-
-logger = logging.getLogger(__name__)
 
 SCORING_METHODS = ("db_eval_iou", "bbox_jacc")
 SCORE_COLUMNS = ("score", "jacc", "bbox_jacc", "boundary_f")

@@ -19,14 +19,11 @@ Written from the definitions of the DAVIS toolkit (Perazzi et al., CVPR 2016; Po
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 
 import cv2
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 DECAY_BINNINGS = ("toolkit", "array_split")
 

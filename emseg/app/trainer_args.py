@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from typing import Any
 
@@ -11,8 +10,6 @@ import torch
 
 from emseg.core import hparams as H
 from emseg.core.hparams import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def parse_gpus(values: list[str] | None) -> int | list[int] | None:
