@@ -56,7 +56,7 @@ from emseg.app.run_checks import (
     warn_single_mask,
 )
 from emseg.app.trainer_args import add_trainer_args, make_logger, trainer_kwargs
-from emseg.app.training import explicit_flags, is_out_of_memory
+from emseg.app.training import OutOfMemoryConfigError, explicit_flags, is_out_of_memory
 from emseg.core import hparams as H
 from emseg.core.atomic_io import atomic_write_text
 from emseg.core.coherence_math import parametric_flow_of
@@ -366,9 +366,10 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
         except (MemoryError, RuntimeError) as err:
             if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
                 raise
-            raise SystemExit(f"error: ran out of memory evaluating {step} with --batch_size {dm.batch_size}: lower "
-                             f"--batch_size (then --img_size); --resume continues from the frames already written. "
-                             f"({(str(err).splitlines() or [''])[0][:160]})") from None
+            raise OutOfMemoryConfigError(
+                f"ran out of memory evaluating {step} with --batch_size {dm.batch_size}: lower --batch_size (then "
+                f"--img_size); --resume continues from the frames already written. "
+                f"({(str(err).splitlines() or [''])[0][:160]})") from None
         trainer.strategy.barrier("eval-parts-written")
         if not trainer.is_global_zero:
             return {}
