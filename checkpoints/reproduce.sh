@@ -62,3 +62,28 @@ $B --out "$D/vb/significance" --label +significance -- --no_temporal
 $B --out "$D/vb/new_defaults" --label new_defaults
 $B --out "$D/vb/adapt" --label +adapt -- --adapt
 python -m evaluationmodule.video_benchmark compare "$D/vb/flow320" "$D/vb/significance" "$D/vb/new_defaults" "$D/vb/adapt"
+
+# 8. model v2 (measured, not bundled: see MODEL_CARD.md "Model v2"): stage 2 again, from the bundled
+# weights, with three more real clips (Debian's opencv-doc: Megamind.avi, Megamind_bugy.avi, tree.avi)
+# and estimator-like noise blobs in low-texture regions (--flow_noise)
+OCV=/usr/share/doc/opencv-doc/examples/data
+for v in "$OCV/Megamind.avi" "$OCV/Megamind_bugy.avi" "$OCV/tree.avi"; do
+    n=$(basename "$v" .avi)
+    python -m csvflowdatamodule.extract_flow --video "$v" --out "$D/v320_$n" --data_file flow --max_width 320
+done
+MIX="--split $D/synthetic2k $D/synthetic2k/synthetic"
+for n in bikes bigbuckbunny carphone_pristine Megamind Megamind_bugy tree; do MIX="$MIX --split $D/v320_$n $D/v320_$n/flow"; done
+python -m csvflowdatamodule.merge_splits --out "$D/mixed2/mixed" --steps train $MIX
+python -m csvflowdatamodule.merge_splits --out "$D/mixed2/mixed" --steps val test --split "$D/synthetic2k" "$D/synthetic2k/synthetic"
+# a 4-epoch cosine schedule, stopped after its third epoch (the machine time this round had): last.ckpt then
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/stage_v2" --base_dir / --data_file "$D/mixed2/mixed" \
+    $COMMON --optim.lr 1e-4 --max_epochs 4 --init_ckpt "$D/stage2/last.ckpt" --flow_noise 0.3 --flow_width 320
+python -m Models.convert_checkpoint "$D/stage_v2/last.ckpt" "$D/em_v2.ckpt" --inference_only
+for split in dev test; do
+    python -m evaluationmodule.video_benchmark score --bench "$D/videobench" --split $split --out "$D/vb/v1_$split" --label v1
+    python -m evaluationmodule.video_benchmark score --bench "$D/videobench" --split $split --out "$D/vb/v2_$split" \
+        --label v2 -- --ckpt "$D/em_v2.ckpt"
+done
+python model_eval.py --ckpt "$D/em_v2.ckpt" --save_dir "$D/eval_v2" --base_dir "$D/synthetic" \
+    --data_file "$D/synthetic/synthetic" --steps test
+python segment.py --flow images/00000.flo --out "$D/blackswan_v2" --ckpt "$D/em_v2.ckpt"
