@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from csvflowdatamodule.CsvDataset import CsvDataset
 from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NORMALISATIONS, TransformsComposer
 from emseg.core import hparams as H
+from emseg.core.datasplit import STEPS, split_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 _DATA = H.DataHparams()
 _INPUT = H.InputHparams()
 
-STEPS: tuple[str, ...] = ("train", "val", "test")
 STAGE_STEPS: dict[str | None, tuple[str, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
@@ -48,26 +48,8 @@ def default_num_workers() -> int:
     return max(0, min(8, n))
 
 
-def resolve_data_path(data_file: str) -> str:
-    """Turn a DataSplit name into a ``'{}'`` pattern (``{}`` → train/val/test).
-
-    ``'DataSplit/Exp6_Split_{}.csv'`` is kept; ``'DataSplit/Exp6_Split'`` (the authors'
-    ``--data_file``) → ``'DataSplit/Exp6_Split_{}.csv'``; one split's file such as
-    ``'DataSplit/Exp6_Split_val.csv'`` → the same pattern.
-    """
-    data_file = os.fspath(data_file)
-    if "{}" in data_file:
-        return data_file
-    if data_file.endswith(".csv"):
-        stem = data_file[: -len(".csv")]
-        for step in STEPS:
-            if stem.endswith("_" + step):
-                return stem[: -len(step)] + "{}.csv"
-        raise ValueError(
-            f"cannot make a DataSplit pattern from {data_file!r}: give 'NAME' (files NAME_train.csv, "
-            "NAME_val.csv, NAME_test.csv) or a pattern with '{}'"
-        )
-    return data_file + "_{}.csv"
+#: ``--data_file`` → the DataSplit's ``'{}'`` pattern (``emseg.core.datasplit``, the one rule)
+resolve_data_path = split_pattern
 
 
 def collate_skipping(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

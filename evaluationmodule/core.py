@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from emseg.core.datasplit import split_csv
 from evaluationmodule import davis_metrics
 
 UP = "_up_"
@@ -100,22 +101,8 @@ def natural_key(path: str) -> list:
 # ----------------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------------
-def resolve_data_file(data_file: str | os.PathLike, step: str = "test") -> Path:
-    """The DataSplit CSV of ``step``: a ``'{}'`` pattern filled with it, a ``.csv`` as it is, else
-    ``{data_file}_{step}.csv``. Raises FileNotFoundError naming the path tried."""
-    data_file = os.fspath(data_file)
-    if "{}" in data_file:
-        path = Path(data_file.format(step))
-    elif data_file.lower().endswith(".csv"):
-        path = Path(data_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--data_file: DataSplit CSV not found: {path}")
-        return path
-    else:
-        path = Path(f"{data_file}_{step}.csv")
-    if not path.is_file():
-        raise FileNotFoundError(f"--data_file {data_file!r} with --step {step!r}: DataSplit CSV not found: {path}")
-    return path
+#: the CSV of one step of ``--data_file`` (``emseg.core.datasplit``, the one rule)
+resolve_data_file = split_csv
 
 
 def split_name(csv_path: str | os.PathLike) -> str:
