@@ -60,7 +60,7 @@ B="python -m evaluationmodule.video_benchmark score --bench $D/videobench --spli
 $B --out "$D/vb/flow320" --label flow320 -- --no_temporal --min_motion 0
 $B --out "$D/vb/significance" --label +significance -- --no_temporal
 $B --out "$D/vb/new_defaults" --label new_defaults
-$B --out "$D/vb/adapt" --label +adapt -- --adapt
+$B --out "$D/vb/adapt" --label +adapt25 -- --adapt 25
 python -m evaluationmodule.video_benchmark compare "$D/vb/flow320" "$D/vb/significance" "$D/vb/new_defaults" "$D/vb/adapt"
 
 # 8. model v2 (measured, not bundled: see MODEL_CARD.md "Model v2"): stage 2 again, from the bundled
