@@ -13,12 +13,21 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from emseg.core.coherence_math import parametric_flow_of
 from emseg.core.figures import frame_figure, save_figure
 from evaluationmodule.core import FRAME_SUFFIXES
 from evaluationmodule.writers import write_mask_png, write_npy
 
 #: the outputs' keys the figure shows, when the step returned them
 FIGURE_KEYS = ("Image", "Flow", "Pred", "PredMask", "GtMask", "ParametricFlow")
+
+
+def with_parametric_flow(outputs: dict[str, Any]) -> dict[str, Any]:
+    """``outputs`` with ``ParametricFlow`` (B, 2, I, J), the figures' last panel, computed once per
+    batch from its ``Pred`` (B, L, I, J) and ``theta`` (B, L, ft, 2) where it has both and lacks it."""
+    if "ParametricFlow" in outputs or not isinstance(outputs.get("theta"), Tensor) or "Pred" not in outputs:
+        return outputs
+    return {**outputs, "ParametricFlow": parametric_flow_of(outputs["Pred"], outputs["theta"])}
 
 
 def write_frame_outputs(outputs: dict[str, Any], i: int, stem: str, title: str, jacc: float | None,

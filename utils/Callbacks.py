@@ -29,9 +29,8 @@ from torch import Tensor
 
 from emseg.app.results import ResultsWriter, frame_rows
 from emseg.core.atomic_io import atomic_write_text
-from emseg.core.coherence_math import parametric_flow_of
-from evaluationmodule.core import as_number, frame_value, output_stem
-from evaluationmodule.frame_outputs import write_frame_outputs  # noqa: F401  (also importable from here)
+from evaluationmodule.core import as_number, frame_value, output_stem, sequence_of, summary_table
+from evaluationmodule.frame_outputs import with_parametric_flow, write_frame_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +61,6 @@ class ResultsLogger(ResultsWriter):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rows = self.flush(trainer, pl_module)
         if trainer.is_global_zero:
-            from emseg.app.evaluation_run import sequence_of, summary_table
-
             for row in rows:
                 row["sequence"] = sequence_of(row["file_name"])
             atomic_write_text(self.summary_path, summary_table(rows), fsync=True)
@@ -89,14 +86,6 @@ class SaveResultsFig(pl.Callback):
         for i, row in enumerate(frame_rows(outputs, int(trainer.current_epoch), "test")):
             write_frame_outputs(outputs, i, output_stem(self.save_dir, row["file_name"]), row["file_name"],
                                 as_number(frame_value(row, "jacc")), self.save_figure, self.save_mask, self.save_npy)
-
-
-def with_parametric_flow(outputs: dict[str, Any]) -> dict[str, Any]:
-    """``outputs`` with ``ParametricFlow`` (B, 2, I, J), the figures' last panel, computed from its
-    ``Pred`` (B, L, I, J) and ``theta`` (B, L, ft, 2) where it has both and lacks it."""
-    if "ParametricFlow" in outputs or not isinstance(outputs.get("theta"), Tensor) or "Pred" not in outputs:
-        return outputs
-    return {**outputs, "ParametricFlow": parametric_flow_of(outputs["Pred"], outputs["theta"])}
 
 
 class ValidationFigure(pl.Callback):

@@ -59,7 +59,6 @@ from emseg.app.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 from emseg.app.training import OutOfMemoryConfigError, explicit_flags, is_out_of_memory
 from emseg.core import hparams as H
 from emseg.core.atomic_io import atomic_write_text
-from emseg.core.coherence_math import parametric_flow_of
 from emseg.core.quiet_logs import quiet_library_logs
 from evaluationmodule.core import (  # noqa: F401  (sequence_of, summary_table: also importable from here)
     FRAME_SUFFIXES,
@@ -71,7 +70,7 @@ from evaluationmodule.core import (  # noqa: F401  (sequence_of, summary_table: 
     summary_table,
 )
 from evaluationmodule.DataLoadingModule import MANIFEST_COLUMNS, file_sha256
-from evaluationmodule.frame_outputs import write_frame_outputs
+from evaluationmodule.frame_outputs import with_parametric_flow, write_frame_outputs
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
@@ -226,8 +225,8 @@ class FrameOutputWriter(pl.Callback):
         if not isinstance(outputs, dict) or "losses" not in outputs:
             return  # every sample of the batch was skipped
         rows = frame_rows(outputs, int(trainer.current_epoch), "test")
-        if self.draw_figs and "ParametricFlow" not in outputs:  # the figure's last panel
-            outputs = {**outputs, "ParametricFlow": parametric_flow_of(outputs["Pred"], outputs["theta"])}
+        if self.draw_figs:
+            outputs = with_parametric_flow(outputs)
         manifest = []
         for i, row in enumerate(rows):
             stem = output_stem(self.save_dir, row["file_name"])
