@@ -45,15 +45,15 @@ class Binariser:
     @staticmethod
     def significant(Pred: Tensor, Flow: Tensor, PredMask: Tensor, min_motion: float) -> Tensor:
         """PredMask (B, I, J) bool → the part of it that moves unlike the background's fitted motion."""
-        from emseg.video.motion_significance import significant_foreground
+        from emseg.video.motion_significance import significant_foregrounds
 
         if Flow.shape[:1] + Flow.shape[2:] != PredMask.shape or Flow.shape[1] != 2:
             raise ValueError(f"expected Flow (B, 2, I, J) on PredMask's grid {tuple(PredMask.shape)}, "
                              f"got {tuple(Flow.shape)}")
-        out = [torch.from_numpy(significant_foreground(p.detach().float().cpu(), f.detach().float().cpu(),
-                                                       foreground=m.cpu().numpy(), min_motion=min_motion).foreground)
-               for p, f, m in zip(Pred, Flow, PredMask)]
-        return torch.stack(out).to(PredMask.device)
+        # the batch's background fits in one solver call, as in segment.py
+        sigs = significant_foregrounds(list(Pred.detach().float().cpu()), list(Flow.detach().float().cpu()),
+                                       foregrounds=list(PredMask.cpu().numpy()), min_motion=min_motion)
+        return torch.stack([torch.from_numpy(s.foreground) for s in sigs]).to(PredMask.device)
 
     @staticmethod
     def _check(Pred: Tensor) -> None:

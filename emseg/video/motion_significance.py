@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from emseg.core import coherence_math as cm
+from evaluationmodule.BinarisationModule import Binariser
 
 DEFAULT_MIN_MOTION = 2.0
 MIN_DEPARTURE_PX = 0.5
@@ -99,9 +100,7 @@ def background_residual(flow: Tensor, background: Tensor, param_model: str = "Qu
 def _regions(pred: Tensor, foreground: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
     """The foreground (``exceptbiggest`` of pred (L, I, J) unless given) and its 8-connected regions."""
     if foreground is None:
-        labels = pred.max(0).indices  # = argmax(0), whose CPU kernel over dim 0 is ~20x slower
-        counts = torch.bincount(labels.flatten(), minlength=pred.shape[0])
-        foreground = (labels != counts.argmax()).cpu().numpy()
+        foreground = Binariser.exceptbiggest(pred[None])[0].cpu().numpy()
     fg = np.asarray(foreground, dtype=bool)
     n, regions = cv2.connectedComponents(fg.astype(np.uint8), connectivity=8)
     return fg, n, regions.astype(np.int32)
