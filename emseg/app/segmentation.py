@@ -184,8 +184,9 @@ def make_predictor(model, backend: str | None = None, precision: str = "fp32"
     logger.info("network backend: %s (%s, %d threads)", run.name, precision, threads)
 
     def predict_cpu(flows: torch.Tensor) -> torch.Tensor:
-        # the network keeps the threads it was made with, even inside torch_threads(1)
-        with torch_threads(threads if run.name == "torch" else torch.get_num_threads()):
+        if run.name != "torch":  # an exported network has its own thread pool
+            return run(flows.float().contiguous())
+        with torch_threads(threads):  # the threads it was made with, even inside torch_threads(1)
             return run(flows.float().contiguous())
 
     return predict_cpu
@@ -383,18 +384,20 @@ class SequenceStages:
 
     def push_many(self, steps: Sequence[Step]) -> list[Step]:
         """:meth:`push` of consecutive steps (a network batch): the finished ones' significance
-        tests run as one batched fit."""
-        out = []
-        for step in steps:
-            out += self._advance(step)
-        return self._settle(out)
+        tests run as one batched fit. On one torch thread (:func:`torch_threads`)."""
+        with torch_threads(1):
+            out = []
+            for step in steps:
+                out += self._advance(step)
+            return self._settle(out)
 
     def finish(self) -> list[Step]:
         if self.pending is None:
             return []
-        out = [self._fuse(self.pending, self.last, None)]
-        self.pending = self.last = None
-        return self._settle(out)
+        with torch_threads(1):
+            out = [self._fuse(self.pending, self.last, None)]
+            self.pending = self.last = None
+            return self._settle(out)
 
     def _advance(self, step: Step) -> list[Step]:
         if not self.opts.temporal:
@@ -527,10 +530,10 @@ class Writer:
                 self._animate(cv2.resize(ov, self._animation_size(ov.shape), interpolation=cv2.INTER_AREA))
         elif self.opts.animation:
             # Drawn at the animation's size: a full-size overlay would cost three times as much.
-            size = self._animation_size(labels.shape)
-            small_base = cv2.resize(base(), size, interpolation=cv2.INTER_AREA)
-            small_labels = cv2.resize(labels.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-            small_binary = cv2.resize(binary.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            anim = self._animation_size(labels.shape)
+            small_base = cv2.resize(base(), anim, interpolation=cv2.INTER_AREA)
+            small_labels = cv2.resize(labels.astype(np.uint8), anim, interpolation=cv2.INTER_NEAREST)
+            small_binary = cv2.resize(binary.astype(np.uint8), anim, interpolation=cv2.INTER_NEAREST) > 0
             self._animate(overlay(small_base, small_labels, small_binary))
         self.times.add("write", t0)
         self.n_written += 1
@@ -697,7 +700,8 @@ def _pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predi
                     keep_flows: list | None, times: StageTimes | None = None) -> Iterator[list[Step]]:
     """Batches the network over frame pairs; yields each batch's :class:`Step` s (one per frame), in order."""
     times = times or StageTimes()
-    prev: dict = {"back": None, "conf_back": None}  # frame t+1's flow back to t, from pair t
+    prev_back: torch.Tensor | None = None       # frame t+1's flow back to t (from pair t) ...
+    prev_conf_back: torch.Tensor | None = None  # ... and its confidence
     buf: list[FramePair] = []
 
     def run(items: list[FramePair]) -> list[Step]:
@@ -710,6 +714,7 @@ def _pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predi
             return [step_of(p, f, f_in, pr) for p, f, f_in, pr in zip(items, fwd, flows_in, pred)]
 
     def step_of(p: FramePair, f: torch.Tensor, f_in: torch.Tensor, pr: torch.Tensor) -> Step:
+        nonlocal prev_back, prev_conf_back
         t0 = time.perf_counter()
         if keep_flows is not None:
             keep_flows.append(p.forward.astype(np.float16))
@@ -724,12 +729,12 @@ def _pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predi
             b_m = resize_flow(b, img_size, rescale=True)[0]
         times.add("confidence", t0)
         frame = p.frame
-        step = Step(p.t, f"{p.t:05d}", pr, f_in, f_m, prev["back"], conf_f, prev["conf_back"],
+        step = Step(p.t, f"{p.t:05d}", pr, f_in, f_m, prev_back, conf_f, prev_conf_back,
                     meta={"size": p.size,
                           "base": (lambda fr=frame: cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)) if frame is not None
                           else None})
         # frame t+1's flow back to t is this pair's backward flow, on frame t+1's grid
-        prev["back"], prev["conf_back"] = b_m, conf_b
+        prev_back, prev_conf_back = b_m, conf_b
         return step
 
     for p in pairs:
@@ -802,21 +807,20 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     bar = _Progress(total, "segmenting", opts.progress)
     pairs = threaded(video_pairs(video, opts, flow_width, opts.overlays or opts.animation, stats, times))
     n = 0
-    for batch in _pairs_to_steps(pairs, img_size, predict, opts.batch_size, keep, times):
-        t0 = time.perf_counter()
-        with torch_threads(1):
-            done = stages.push_many(batch)
-        times.add("temporal+significance", t0)
-        for s in done:
+
+    def emit(steps: list[Step]) -> None:
+        nonlocal n
+        for s in steps:
             writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
             n += 1
             bar.update()
-    with torch_threads(1):
-        last = stages.finish()
-    for s in last:
-        writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
-        n += 1
-        bar.update()
+
+    for batch in _pairs_to_steps(pairs, img_size, predict, opts.batch_size, keep, times):
+        t0 = time.perf_counter()
+        done = stages.push_many(batch)
+        times.add("temporal+significance", t0)
+        emit(done)
+    emit(stages.finish())
     anim = writer.close()
     bar.close()
     if keep:
