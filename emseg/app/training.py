@@ -172,7 +172,7 @@ def reconcile_resume(args: argparse.Namespace, stored: dict[str, Any]) -> list[s
         if _same(new, old):
             continue
         if key in args.explicit:
-            conflicts.append(f"--{key} {_show(getattr(args, key))} (the run has {_show(old)})")
+            conflicts.append(f"--{key} {H.show_value(getattr(args, key))} (the run has {H.show_value(old)})")
         else:
             setattr(args, key, list(old) if isinstance(old, tuple) else old)
             adopted.append(key)
@@ -192,10 +192,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return float(a) == float(b)
     return a == b
-
-
-def _show(v: Any) -> str:
-    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _is_rank_zero_process() -> bool:

@@ -283,7 +283,8 @@ def default(key: str, *groups: type) -> Any:
     return spec_map(*(groups or ALL_GROUPS))[key].default
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A setting's value as it is typed on the command line (``[128, 224]`` → ``128 224``)."""
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value))
     return str(value)
@@ -314,7 +315,7 @@ def _argparse_kwargs(s: Spec) -> dict[str, Any]:
     if m["default_help"] is not None:
         text += f" (default: {m['default_help']})".replace("%", "%%")
     elif s.default is not None:
-        text += f" (default: {_show(s.default)})".replace("%", "%%")
+        text += f" (default: {show_value(s.default)})".replace("%", "%%")
     kw["help"] = text
     item = _list_item(s.type)
     kw["type"] = m["parse"] or (item if item is not None else _scalar_of(s.type))
