@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the network on the CPU (default: the fastest exact one installed)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16 is an opt-in that is not exact (argmax agreement ≥ 99 %%, see bench/README.md)")
+    p.add_argument("--no_export_cache", dest="keep_export", action="store_false",
+                   help="export the network for onnxruntime/openvino into a temporary folder, instead of keeping "
+                        "it for the next run in ~/.cache/em_motion_segmentation/exports ($XDG_CACHE_HOME)")
     g = p.add_argument_group("quality (see emseg/app/segmentation.py)")
     g.add_argument("--no_temporal", action="store_true",
                    help="segment every frame alone (no identity matching, no fusion with the neighbours)")
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
         save_proba=files_default if args.save_proba is None else args.save_proba,
         max_width=args.max_width, flow_method=args.flow_method, dis_preset=args.dis_preset,
         save_flows=args.save_flows, allow_partial=args.allow_partial, adapt_steps=args.adapt or 0,
-        adapt_lr=args.adapt_lr, save_adapted=args.save_adapted, backend=args.backend, precision=args.precision)
+        adapt_lr=args.adapt_lr, save_adapted=args.save_adapted, backend=args.backend, precision=args.precision,
+        keep_export=args.keep_export)
     try:
         opts.check()
         if args.adapt and not args.video:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from emseg.core.cache import cache_root
 from Models.export import ExportError, export_onnx, export_openvino, is_exportable
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,20 @@ def _export_folder(cache_dir: str | os.PathLike | None) -> Iterator[Path]:
     else:
         with tempfile.TemporaryDirectory(prefix="segmentation_export_") as tmp:
             yield Path(tmp)
+
+
+def export_cache_dir() -> Path | None:
+    """The folder that keeps exports between runs (``exports`` in the project's cache folder,
+    :func:`emseg.core.cache.cache_root`), created; None, with a warning, where it cannot be created
+    (the caller then exports into a temporary folder). Files there are named by
+    :func:`model_digest`, so they can be deleted at any time and are never stale."""
+    folder = cache_root() / "exports"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        logger.warning("cannot keep exported networks in %s (%s); exporting into a temporary folder", folder, err)
+        return None
+    return folder
 
 
 def exported_file(model: nn.Module, name: str, folder: str | os.PathLike) -> Path:

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from emseg.core import hparams as H
+from emseg.core.cache import cache_root
 from emseg.core.coherence_math import make_basis
 from emseg.core.flow_io import flow_to_rgb, write_flow
 
@@ -56,7 +57,7 @@ DEFAULT_SIZES = {"n_train": 600, "n_val": 100, "n_test": 100}
 DEFAULT_IMG_SIZE: tuple[int, int] = tuple(H.default("img_size", H.InputHparams))  # the model's input size
 DEFAULT_SEED = 0
 FRAMES_PER_SEQUENCE = 10
-CACHE_SUBDIR = f"em_motion_segmentation/synthetic_v{GENERATOR_VERSION}"
+CACHE_SUBDIR = f"synthetic_v{GENERATOR_VERSION}"
 _REF_AREA = 128 * 224
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly
 
@@ -290,8 +291,7 @@ def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/em_motion_segmentation/synthetic_v{version}``."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / CACHE_SUBDIR
+    return cache_root() / CACHE_SUBDIR
 
 
 def _is_complete(out_dir: Path, name: str, expected: dict) -> bool:

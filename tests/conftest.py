@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -19,6 +22,12 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 torch.set_num_threads(THREADS)
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+# What the code keeps between runs (exported networks, the built-in synthetic data) goes to a folder
+# of this test process, not the user's ~/.cache; command lines the tests start inherit it.
+_CACHE = tempfile.mkdtemp(prefix="emseg-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = _CACHE
 
 
 @pytest.fixture(scope="session")

@@ -264,3 +264,14 @@ def test_readme_backend_snippet_runs(model, cache_dir):
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert scope["backend"].name == B.default_backend_name(model)
     assert (scope["pred"] - reference(model, flow[None])).abs().max().item() <= TOL
+
+
+def test_export_cache_dir_is_in_the_project_cache_or_none(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert B.export_cache_dir() == tmp_path / "em_motion_segmentation" / "exports"
+    assert (tmp_path / "em_motion_segmentation" / "exports").is_dir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert B.export_cache_dir() is None
+    assert "temporary folder" in caplog.text

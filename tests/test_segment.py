@@ -263,3 +263,85 @@ def test_every_backend_writes_the_same_masks(tmp_path, small_ckpt, backend):
                               cv2.imread(str(tmp_path / backend / f"{t:05d}_binary.png"), 0))
         pa, pb = (np.load(tmp_path / n / f"{t:05d}_proba.npy") for n in ("torch", backend))
         assert np.abs(pa - pb).max() <= 1e-4
+
+
+def test_video_keeps_its_export_for_the_next_run_unless_told_not_to(tmp_path, small_ckpt, monkeypatch):
+    import Models.backends as B
+
+    exported = [n for n in ("openvino", "onnxruntime") if n in B.available_backends()]
+    if not exported:
+        pytest.skip("no onnxruntime nor openvino installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    video = write_clip(tmp_path / "clip.avi", n_frames=3)
+    model = load_segmenter(small_ckpt, device="cpu")
+    opts = dict(progress=False, animation=False, backend=exported[0])
+    segment_video(model, video, tmp_path / "a", SegmentOptions(**opts))
+    kept = sorted(p.name for p in (tmp_path / "cache" / "em_motion_segmentation" / "exports").iterdir())
+    assert len([n for n in kept if n.endswith((".xml", ".onnx"))]) == 1
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the kept export should have been reused")
+
+    monkeypatch.setattr(B, "export_onnx", no_export)
+    monkeypatch.setattr(B, "export_openvino", no_export)
+    segment_video(model, video, tmp_path / "b", SegmentOptions(**opts))
+    for t in range(2):
+        assert np.array_equal(cv2.imread(str(tmp_path / "a" / f"{t:05d}_binary.png"), 0),
+                              cv2.imread(str(tmp_path / "b" / f"{t:05d}_binary.png"), 0))
+    monkeypatch.undo()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    segment_video(model, video, tmp_path / "c", SegmentOptions(keep_export=False, **opts))
+    assert not (tmp_path / "other").exists()
+
+
+def test_video_network_leaves_a_core_to_the_flow_thread(tmp_path, small_ckpt):
+    video = write_clip(tmp_path / "clip.avi", n_frames=3)
+    model = load_segmenter(small_ckpt, device="cpu")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        segment_video(model, video, tmp_path / "seg", SegmentOptions(progress=False, animation=False, backend="torch"))
+        assert torch.get_num_threads() == 2  # the torch backend's own count is not left behind
+        manifest = json.loads((tmp_path / "seg" / "manifest.json").read_text())
+        assert manifest["network_threads"] == 1
+        torch.set_num_threads(1)
+        segment_video(model, video, tmp_path / "one", SegmentOptions(progress=False, animation=False, backend="torch"))
+        assert json.loads((tmp_path / "one" / "manifest.json").read_text())["network_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_labels", [2, 3, 9])
+def test_except_biggest_is_the_histogram_rule_ties_included(n_labels):
+    from emseg.app.segmentation import except_biggest
+
+    rng = np.random.default_rng(n_labels)
+    cases = [rng.integers(0, n_labels, (7, 9)).astype(np.uint8 if n_labels == 2 else np.int64) for _ in range(20)]
+    tie = np.zeros((4, 6), np.uint8)
+    tie[:2] = 1  # 12 against 12: argmax of the histogram takes label 0, so label 1 is the foreground
+    cases.append(tie if n_labels == 2 else tie.astype(np.int64))
+    for labels in cases:
+        expected = labels != np.argmax(np.bincount(labels.ravel().astype(np.int64), minlength=n_labels))
+        np.testing.assert_array_equal(except_biggest(labels, n_labels), expected)
+    np.testing.assert_array_equal(except_biggest(tie, 2), tie == 1)
+
+
+def test_overlay_blends_each_label_colour_and_outlines_the_foreground():
+    from emseg.app.segmentation import PALETTE, overlay
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (12, 15, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, (12, 15)).astype(np.uint8)  # 10 labels: the 8 colours wrap
+    binary = np.zeros((12, 15), bool)
+    binary[3:8, 4:11] = True
+    binary[0, :3] = True  # touches the border: outside the image counts as inside (no edge there)
+    out = overlay(base, labels, binary, alpha=0.45)
+    assert out.dtype == np.uint8 and out.shape == base.shape
+    edge = np.zeros_like(binary)
+    edge[3:8, 4:11] = True
+    edge[4:7, 5:10] = False  # the square's outline
+    edge[0, :3] = True       # a 1-pixel-high strip is all edge (its 4-neighbours below are outside it)
+    assert (out[edge] == 255).all()
+    expected = 0.55 * base.astype(np.float64) + 0.45 * PALETTE[labels % len(PALETTE)].astype(np.float64)
+    assert np.abs(out[~edge].astype(np.float64) - expected[~edge]).max() <= 0.5 + 1e-6  # rounded
