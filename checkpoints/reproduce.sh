@@ -60,8 +60,13 @@ B="python -m evaluationmodule.video_benchmark score --bench $D/videobench --spli
 $B --out "$D/vb/flow320" --label flow320 -- --no_temporal --min_motion 0
 $B --out "$D/vb/significance" --label +significance -- --no_temporal
 $B --out "$D/vb/new_defaults" --label new_defaults
-$B --out "$D/vb/adapt" --label +adapt25 -- --adapt 25
+$B --out "$D/vb/adapt" --label +adapt -- --adapt
 python -m evaluationmodule.video_benchmark compare "$D/vb/flow320" "$D/vb/significance" "$D/vb/new_defaults" "$D/vb/adapt"
+# the adaptation budget, chosen on the dev split (10 steps is the default)
+for s in 10 25 50 100; do
+    python -m evaluationmodule.video_benchmark score --bench "$D/videobench" --split dev --out "$D/vb/adapt${s}_dev" \
+        --label "adapt$s" -- --adapt $s
+done
 
 # 8. model v2 (measured, not bundled: see MODEL_CARD.md "Model v2"): stage 2 again, from the bundled
 # weights, with three more real clips (Debian's opencv-doc: Megamind.avi, Megamind_bugy.avi, tree.avi)
