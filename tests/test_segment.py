@@ -219,9 +219,12 @@ def test_flows_dir_refuses_files_that_would_share_outputs(tmp_path):
 def test_adapt_from_the_command_line_keeps_the_adapted_weights(tmp_path, small_ckpt):
     video = write_clip(tmp_path / "clip.avi", n_frames=5)
     run_cli(["segment.py", "--video", video, "--ckpt", small_ckpt, "--out", str(tmp_path / "o"), "--adapt", "3",
-             "--save_adapted", str(tmp_path / "adapted.ckpt"), "--no_animation"])
+             "--save_adapted", str(tmp_path / "adapted.ckpt"), "--no_animation"],
+            env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["adaptation"]["steps"] == 3 and manifest["adaptation"]["loss_after"] > 0
+    # the adapted network is this run's alone: its export is not kept in the cache
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".xml", ".bin", ".onnx")]
     adapted = MethodeB.load_from_checkpoint(str(tmp_path / "adapted.ckpt"))
     original = MethodeB.load_from_checkpoint(small_ckpt)
     diff = max(float((a - b).abs().max()) for a, b in zip(adapted.state_dict().values(),

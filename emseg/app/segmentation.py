@@ -808,7 +808,9 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     # The decode/flow thread keeps one core busy, so the network gets the others: on 2 cores, one
     # network thread instead of two took a 720×528 clip from 7.4 to 8.0 frames/s (bench/README.md).
     net_threads = max(1, torch.get_num_threads() - 1) if model_device(model).type == "cpu" else None
-    predict = make_predictor(model, opts.backend, opts.precision, threads=net_threads, keep_export=opts.keep_export)
+    # An adapted network is this run's alone: kept, every adapted run would add its export (8 MB) to the cache.
+    keep_export = opts.keep_export and adapt_summary is None
+    predict = make_predictor(model, opts.backend, opts.precision, threads=net_threads, keep_export=keep_export)
     stages = SequenceStages(opts, model.hparams.get("param_model", "Quadratic"))
     times = StageTimes()
     writer = Writer(out, opts, fps=info["fps"] or 25.0, times=times)
