@@ -12,7 +12,10 @@ batch 2 with few steps: ``--paper-batch``, ``--paper-steps``). Every (configurat
 its own subprocess so that its peak memory is its own: peak RSS (``ru_maxrss``) on CPU, and
 ``torch.cuda.max_memory_allocated`` on CUDA.
 
-Usage: ``python bench/bench_train_step.py [--quick] [--device cpu|cuda] [--out bench/results/train_step.json]``.
+``--precision bf16-mixed`` runs forward and loss under bf16 autocast, as training does with that flag.
+
+Usage: ``python bench/bench_train_step.py [--quick] [--device cpu|cuda] [--precision 32-true|bf16-mixed]
+[--out bench/results/train_step.json]``.
 """
 
 from __future__ import annotations
@@ -72,13 +75,17 @@ def run_worker(cfg: dict) -> dict:
     flow = make_flow(cfg["batch"], cfg["img_size"], seed=0).to(device)
     trivial = MODES[cfg["mode"]] is None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # What Lightning's --precision bf16-mixed does: forward and loss under autocast (the θ fit turns
+    # it off inside), backward and the optimiser step outside it.
+    bf16 = cfg.get("precision", "32-true") == "bf16-mixed"
 
     def step() -> None:
         batch = {"Flow": flow}
-        if trivial:
-            loss = model(flow).mean()
-        else:
-            loss = model.training_step(batch, 0)["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if trivial:
+                loss = model(flow).mean()
+            else:
+                loss = model.training_step(batch, 0)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -149,6 +156,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="repeat every (net, mode) run this many times, "
                    "alternating; times are the median over all rounds' steps")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                   help="as model_train.py's --precision: bf16-mixed runs forward and loss under bf16 autocast")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
     return p.parse_args(argv)
 
@@ -176,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode in modes:
                 cfg = {"net": net, "mode": mode, "device": a.device, "batch": batch, "img_size": list(a.img_size),
                        "L": a.L, "param_model": a.param_model, "v_distance": a.v_distance, "steps": n_steps,
-                       "warmup": warmup, "threads": a.threads or torch.get_num_threads()}
+                       "warmup": warmup, "threads": a.threads or torch.get_num_threads(), "precision": a.precision}
                 logger.info("%s / %s: batch %d, %d steps ...", net, mode, batch, n_steps)
                 results[mode].append(spawn(cfg, a.timeout))
         base = None
@@ -184,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = results[mode]
             times = [t for r in res for t in r["step_times_s"]]
             med = statistics.median(times)
-            row = {"net": net, "params_M": res[0]["params_M"], "mode": mode,
+            row = {"net": net, "params_M": res[0]["params_M"], "mode": mode, "precision": a.precision,
                    "theta_method": MODES[mode] or "(pred.mean() loss)", "device": a.device, "batch": batch,
                    "steps": len(times), "step_median_ms": 1e3 * med, "step_min_ms": 1e3 * min(times),
                    "samples_per_s": batch / med,
@@ -201,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["ratio_to_network_min"] = row["step_min_ms"] / base["step_min_ms"]
 
     info = env_info()
-    cols = [("net", "net"), ("params_M", "params (M)", ".2f"), ("mode", "loss / θ"), ("batch", "batch"),
+    cols = [("net", "net"), ("params_M", "params (M)", ".2f"), ("mode", "loss / θ"), ("precision", "precision"),
+            ("batch", "batch"),
             ("steps", "steps"), ("step_median_ms", "step median ms", ".1f"), ("step_min_ms", "step min ms", ".1f"),
             ("samples_per_s", "samples/s", ".2f"), ("ratio_to_network", "× network step", ".3f"),
             ("ratio_to_network_min", "× network (min)", ".3f"), ("theta_median_ms", "θ fit ms", ".1f"),
@@ -213,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           "(forward, θ, loss, per-frame rows) + backward + Adam.\n")
     print(markdown_table(rows, cols))
     meta = {"img_size": list(a.img_size), "L": a.L, "param_model": a.param_model, "v_distance": a.v_distance,
-            "device": a.device, "rounds": a.rounds, "quick": a.quick, "target_ratio_cpu_sized_IRLS": 1.15,
+            "device": a.device, "precision": a.precision, "rounds": a.rounds, "quick": a.quick,
+            "target_ratio_cpu_sized_IRLS": 1.15,
             "argv": list(sys.argv[1:] if argv is None else argv)}
     announce(write_results(a.out, rows, meta))
     return 0
