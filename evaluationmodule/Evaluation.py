@@ -32,7 +32,6 @@ from evaluationmodule.ScoreModule import SCORING_METHODS  # noqa: E402
 __all__ = ["build_parser", "cli", "evaluate", "main", "new_output_dir", "prediction_dir"]
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

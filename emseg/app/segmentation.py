@@ -186,9 +186,9 @@ def make_predictor(model, backend: str | None = None, precision: str = "fp32", t
 
     before = torch.get_num_threads()
     threads = int(threads or before)
-    exported = (backend or default_backend_name(model, precision)) != "torch"
-    cache = export_cache_dir() if keep_export and exported else None
-    run = make_backend(model, backend, precision, threads=threads, cache_dir=cache)
+    name = backend or default_backend_name(model, precision)  # decided once: the cache is for exports only
+    cache = export_cache_dir() if keep_export and name != "torch" else None
+    run = make_backend(model, name, precision, threads=threads, cache_dir=cache)
     if torch.get_num_threads() != before:  # the torch backend sets its count process-wide
         torch.set_num_threads(before)
     logger.info("network backend: %s (%s, %d threads)", run.name, precision, threads)
