@@ -41,13 +41,16 @@ class CoherenceCriterion:
 
     def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
         """The loss of ``batch['Pred']`` (B, L, I, J) against ``batch['Flow']`` (B, 2, I, J), by
-        :func:`emseg.core.coherence_math.em_loss`; ``batch`` is left as it was.
+        :func:`emseg.core.coherence_math.em_loss`; ``batch`` is left as it was. A batch with
+        ``'LossFlow'`` (B, 2, I, J) is fitted to that flow instead: training with
+        ``--flow_noise_target clean`` puts there the flow from before the input's noise.
 
         Returns ``losses`` = coherence − entropy_weight · entropy, ``coherence_losses``,
         ``entropies`` (B,), ``theta`` (B, L, ft, 2) in the original basis and, with
         ``with_parametric_flow``, ``ParametricFlow`` (B, 2, I, J).
         """
-        out = cm.em_loss(batch["Pred"], batch["Flow"], self.param_model, self.v_distance, self.theta_method,
+        flow = batch.get("LossFlow", batch["Flow"])
+        out = cm.em_loss(batch["Pred"], flow, self.param_model, self.v_distance, self.theta_method,
                          self.entropy_weight, with_parametric_flow=with_parametric_flow)
         keep = ("losses", "coherence_losses", "entropies", "theta", "ParametricFlow")
         return {k: out[k] for k in keep if k in out}

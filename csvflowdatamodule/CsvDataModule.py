@@ -21,7 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from csvflowdatamodule.CsvDataset import CsvDataset
-from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NORMALISATIONS, TransformsComposer
+from csvflowdatamodule.Transforms import (
+    FLOW_AUGMENTATIONS,
+    FLOW_NOISE_TARGETS,
+    FLOW_NORMALISATIONS,
+    TransformsComposer,
+)
 from emseg.core import hparams as H
 from emseg.core.datasplit import STEPS, split_pattern
 
@@ -106,6 +111,9 @@ class CsvDataModule(pl.LightningDataModule):
         val too with ``val_augment``).
     flow_noise: probability that a training flow gets estimator-like noise blobs
         (``Transforms.TrFlowNoise``; train only).
+    flow_noise_target: ``'noisy'`` (the loss is fitted to the noisy flow the network sees) or
+        ``'clean'`` (to the flow before the noise: training batches then carry ``'LossFlow'``);
+        see ``Transforms.TransformsComposer``.
     strict_data: a bad file raises instead of being skipped.
     optional_columns: requested columns a CSV may lack (not loaded then): by default GtMask
         and Image, so unlabelled splits train; pass ``()`` to require every requested column.
@@ -118,7 +126,8 @@ class CsvDataModule(pl.LightningDataModule):
                  num_workers: int | None = _DATA.num_workers, flow_normalisation: str = _DATA.flow_normalisation,
                  flow_augmentation: str = _DATA.flow_augmentation, val_augment: bool = _DATA.val_augment,
                  strict_data: bool = _DATA.strict_data, optional_columns: Iterable[str] = ("GtMask", "Image"),
-                 pin_memory: bool = False, flow_noise: float = _DATA.flow_noise) -> None:
+                 pin_memory: bool = False, flow_noise: float = _DATA.flow_noise,
+                 flow_noise_target: str = _DATA.flow_noise_target) -> None:
         super().__init__()
         if flow_normalisation not in FLOW_NORMALISATIONS:
             raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, "
@@ -142,6 +151,10 @@ class CsvDataModule(pl.LightningDataModule):
         self.flow_noise = float(flow_noise)
         if not 0.0 <= self.flow_noise <= 1.0:
             raise ValueError(f"--flow_noise must be a probability in [0, 1], got {flow_noise}")
+        if flow_noise_target not in FLOW_NOISE_TARGETS:
+            raise ValueError(f"--flow_noise_target must be one of {list(FLOW_NOISE_TARGETS)}, "
+                             f"got {flow_noise_target!r}")
+        self.flow_noise_target = flow_noise_target
         self.strict_data = bool(strict_data)
         self.optional_columns = tuple(optional_columns)
         self.pin_memory = bool(pin_memory)
@@ -157,7 +170,8 @@ class CsvDataModule(pl.LightningDataModule):
     def transform_for(self, step: str) -> TransformsComposer:
         augment = step == "train" or (step == "val" and self.val_augment)
         return TransformsComposer(self.flow_normalisation, self.flow_augmentation if augment else "none",
-                                  flow_noise=self.flow_noise if step == "train" else 0.0)
+                                  flow_noise=self.flow_noise if step == "train" else 0.0,
+                                  flow_noise_target=self.flow_noise_target)
 
     def setup_dataset(self, step: str) -> CsvDataset:
         """Build (or rebuild) the dataset of ``step``."""

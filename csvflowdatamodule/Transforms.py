@@ -17,6 +17,10 @@ from torch import Tensor
 from emseg.core.coherence_math import basis_from_coords, grid_coords, mean_vector_norm
 
 FLOW_NORMALISATIONS: tuple[str, ...] = ("none", "median", "mean", "max", "znorm")
+# Which flow the loss is fitted to when TrFlowNoise corrupts the network's input (TransformsComposer).
+FLOW_NOISE_TARGETS: tuple[str, ...] = ("noisy", "clean")
+# The item / batch key of the flow the loss is fitted to when it is not 'Flow' (the network's input).
+LOSS_FLOW_KEY = "LossFlow"
 AUGMENTATION_STRENGTHS: dict[str, float] = {"light": 2.0, "medium": 4.0, "strong": 8.0}
 AUGMENTATION_FAMILIES: dict[str, str] = {"globalmotionfullquad": "Quadratic", "globalmotion": "Affine"}
 FLOW_AUGMENTATIONS: tuple[str, ...] = ("none",) + tuple(
@@ -62,28 +66,40 @@ class TrNormaliseFlow:
             raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, got {mode!r}")
         self.mode = mode
 
-    def normalise(self, flow: Tensor) -> Tensor:
-        _check_flow(flow)
-        if self.mode == "none":
-            return flow
-        batched = flow.dim() == 4
-        f = flow if batched else flow[None]
+    def statistics(self, flow: Tensor) -> tuple[Tensor, Tensor]:
+        """(shift, scale), each (B, 2 or 1, 1, 1), such that the normalised flow is
+        ``(flow - shift) / scale``; ``flow`` is (B, 2, I, J)."""
         if self.mode == "znorm":
-            mean = f.mean(dim=(2, 3), keepdim=True)
-            std = f.std(dim=(2, 3), keepdim=True)
-            std = torch.where(std > _EPS, std, torch.ones_like(std))
-            out = (f - mean) / std
+            shift = flow.mean(dim=(2, 3), keepdim=True)
+            std = flow.std(dim=(2, 3), keepdim=True)
+            return shift, torch.where(std > _EPS, std, torch.ones_like(std))
+        norms = torch.linalg.vector_norm(flow, dim=1).flatten(1)  # (B, I·J)
+        if self.mode == "median":
+            stat = norms.median(dim=1).values
+        elif self.mode == "mean":
+            stat = norms.mean(dim=1)
         else:
-            norms = torch.linalg.vector_norm(f, dim=1).flatten(1)  # (B, I·J)
-            if self.mode == "median":
-                stat = norms.median(dim=1).values
-            elif self.mode == "mean":
-                stat = norms.mean(dim=1)
-            else:
-                stat = norms.max(dim=1).values
-            stat = torch.where(stat > _EPS, stat, torch.ones_like(stat))
-            out = f / stat[:, None, None, None]
-        return out if batched else out[0]
+            stat = norms.max(dim=1).values
+        stat = torch.where(stat > _EPS, stat, torch.ones_like(stat))
+        return torch.zeros_like(stat)[:, None, None, None], stat[:, None, None, None]
+
+    def normalise(self, flow: Tensor, *others: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Normalise ``flow`` by its own statistics; flows in ``others`` (same shape) get the
+        same shift and scale, so that they stay in ``flow``'s units. Returns the normalised
+        ``flow``, or the tuple (flow, *others) when ``others`` are given."""
+        _check_flow(flow)
+        for o in others:
+            if o.shape != flow.shape:
+                raise ValueError(f"flows normalised together must have one shape, got {tuple(flow.shape)} "
+                                 f"and {tuple(o.shape)}")
+        if self.mode == "none":
+            return (flow, *others) if others else flow
+        batched = flow.dim() == 4
+        shift, scale = self.statistics(flow if batched else flow[None])
+        if not batched:
+            shift, scale = shift[0], scale[0]
+        outs = tuple((f - shift) / scale for f in (flow, *others))
+        return outs if others else outs[0]
 
     def __call__(self, x: Any) -> Any:
         return _apply_on_flow(x, self.normalise)
@@ -175,9 +191,10 @@ class TrFlowNoise:
     the image) get a smooth random field added: a 4 × 4 normal grid upsampled bicubically, zero
     mean inside each blob (so it is *not* a coherent motion), of amplitude U(0.5, 2) × (the flow's
     mean vector norm + 0.5 px). When the item has an ``'Image'`` (3, I, J), blob centres are drawn
-    among the 30 % least textured pixels (image gradient magnitude). The loss then sees the same
-    corrupted flow, and the robust M-step makes leaving such blobs in the background the cheaper
-    explanation.
+    among the 30 % least textured pixels (image gradient magnitude).
+
+    Which flow the loss sees is :class:`TransformsComposer`'s choice (``flow_noise_target``):
+    the corrupted one, or the flow before the noise.
     """
 
     def __init__(self, probability: float = 0.0, generator: torch.Generator | None = None) -> None:
@@ -242,27 +259,59 @@ class TrFlowNoise:
 
 
 class TransformsComposer:
-    """The dataset's per-sample transform: flow noise (if any), augmentation (if any), then
-    normalisation (if any).
+    """The dataset's per-sample transform: flow noise and augmentation (if any), then
+    normalisation (if any), so that the network always sees a normalised flow.
 
     Callable on an item dict (returns a new dict with the transformed ``'Flow'``; other keys are
-    kept) or on a flow tensor. The augmentation comes first, so the network always sees a
-    normalised flow, and the loss is computed on the same (augmented) flow it sees.
+    kept) or on a flow tensor. Without noise, the loss is computed on the same (augmented,
+    normalised) flow the network sees.
+
+    ``flow_noise_target`` says which flow the loss is fitted to when ``flow_noise`` > 0:
+
+    - ``'noisy'``: the corrupted flow the network sees (noise, augmentation, normalisation, in
+      that order). Where a scene has no second motion, a blob then lowers the loss by taking
+      the free mask: the network is taught to segment the noise.
+    - ``'clean'``: the flow before the noise (augmentation, noise, normalisation). Items get
+      ``'LossFlow'`` (2, I, J): the augmented flow without the noise, normalised with the
+      noisy flow's statistics (the ones the network's input gets), which the loss
+      (``CoherenceCriterion.Criterion``) fits in place of ``'Flow'``. A blob is then only
+      ever explained by the motion around it. Every item gets the key (equal to ``'Flow'``
+      when no noise was drawn), so that items batch together. On a bare tensor the noisy
+      flow is returned.
     """
 
     def __init__(self, flow_normalisation: str = "none", flow_augmentation: str = "none",
-                 generator: torch.Generator | None = None, flow_noise: float = 0.0) -> None:
+                 generator: torch.Generator | None = None, flow_noise: float = 0.0,
+                 flow_noise_target: str = "noisy") -> None:
+        if flow_noise_target not in FLOW_NOISE_TARGETS:
+            raise ValueError(f"flow_noise_target must be one of {list(FLOW_NOISE_TARGETS)}, "
+                             f"got {flow_noise_target!r}")
         self.normalise = TrNormaliseFlow(flow_normalisation)
         self.augment = TrAugmentFlow(flow_augmentation, generator=generator)
         self.noise = TrFlowNoise(flow_noise, generator=generator)
-        self.transforms = [t for t, active in ((self.noise, flow_noise > 0),
-                                               (self.augment, flow_augmentation != "none"),
-                                               (self.normalise, flow_normalisation != "none")) if active]
+        self.clean_target = flow_noise > 0 and flow_noise_target == "clean"
+        order = ((self.augment, flow_augmentation != "none"), (self.noise, flow_noise > 0)) if self.clean_target \
+            else ((self.noise, flow_noise > 0), (self.augment, flow_augmentation != "none"))
+        self.transforms = [t for t, active in order + ((self.normalise, flow_normalisation != "none"),) if active]
 
     def __call__(self, x: Any) -> Any:
+        if self.clean_target:
+            return self._with_clean_target(x)
         for tr in self.transforms:
             x = tr(x)
         return x
 
+    def _with_clean_target(self, x: Any) -> Any:
+        if not isinstance(x, dict):
+            return self.normalise.normalise(self.noise.noise(self.augment.augment(x)))
+        if "Flow" not in x:  # e.g. a skipped sample
+            return x
+        out = dict(x)
+        clean = self.augment.augment(x["Flow"])
+        noisy = self.noise.noise(clean, x.get("Image"))
+        out["Flow"], out[LOSS_FLOW_KEY] = self.normalise.normalise(noisy, clean)
+        return out
+
     def __repr__(self) -> str:
-        return f"TransformsComposer({self.transforms})"
+        target = ", loss on the clean flow" if self.clean_target else ""
+        return f"TransformsComposer({self.transforms}{target})"

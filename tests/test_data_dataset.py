@@ -182,6 +182,24 @@ def test_datamodule_stages_loaders_and_augmentation(tmp_path):
         dm.setup("nonsense")
 
 
+def test_clean_noise_target_gives_training_batches_the_loss_flow(tmp_path):
+    prefix = make_split(tmp_path)
+    torch.manual_seed(0)  # the noise draws
+    args = {"batch_size": 4, "flow_noise": 1.0, "flow_noise_target": "clean", "num_workers": 0,
+            "img_size": (24, 32), "base_dir": str(tmp_path)}
+    dm = CsvDataModule.from_args({**args, "data_file": prefix}, request=["Flow"])
+    dm.setup("fit")
+    train = next(iter(dm.train_dataloader()))
+    assert train["LossFlow"].shape == train["Flow"].shape == (4, 2, 24, 32)
+    raw = torch.stack([dm.datasets["train"].loaders.load_file(tmp_path / p, "Flow", (24, 32))
+                       for p in train["FlowPath"]])
+    assert torch.equal(train["LossFlow"], raw)  # no augmentation: the loss sees the files' flows
+    assert not torch.equal(train["Flow"], raw)
+    assert "LossFlow" not in next(iter(dm.val_dataloader()))  # noise is for training only
+    with pytest.raises(ValueError, match="--flow_noise_target"):
+        CsvDataModule(prefix, tmp_path, flow_noise=0.3, flow_noise_target="none")
+
+
 def test_datamodule_subsample_and_missing_split(tmp_path):
     prefix = make_split(tmp_path)
     dm = CsvDataModule(prefix, tmp_path, request=["Flow"], num_workers=0, subsample_train=3)

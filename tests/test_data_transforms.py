@@ -8,6 +8,7 @@ import torch
 from csvflowdatamodule.Transforms import (
     AUGMENTATION_STRENGTHS,
     FLOW_AUGMENTATIONS,
+    LOSS_FLOW_KEY,
     TransformsComposer,
     TrAugmentFlow,
     TrFlowNoise,
@@ -211,3 +212,44 @@ def test_flow_noise_is_a_train_only_option_of_the_composer():
     comp = TransformsComposer(flow_noise=1.0, generator=_gen(0))
     assert any(isinstance(t, TrFlowNoise) for t in comp.transforms)
     assert not any(isinstance(t, TrFlowNoise) for t in TransformsComposer().transforms)
+
+
+def test_clean_target_keeps_the_augmented_flow_without_the_noise_for_the_loss():
+    flow, image = _flow(3), torch.rand(3, I, J, generator=_gen(4))
+    comp = TransformsComposer(flow_augmentation="globalmotionfullquadlight", flow_noise=1.0,
+                              flow_noise_target="clean", generator=_gen(5))
+    out = comp({"Flow": flow, "Image": image, "FlowPath": "f.flo"})
+    assert set(out) == {"Flow", "Image", "FlowPath", LOSS_FLOW_KEY}
+    # The loss's flow is the input plus one global quadratic motion: the augmentation, exactly.
+    assert _fit_residual(out[LOSS_FLOW_KEY] - flow, "Quadratic") < 1e-6
+    assert (out[LOSS_FLOW_KEY] - flow).abs().max() > 1e-3
+    # The network's flow is that same flow plus the blobs, which cover a few per cent of it.
+    changed = (out["Flow"] - out[LOSS_FLOW_KEY]).abs().sum(0) > 1e-6
+    assert 0.005 < changed.float().mean() < 0.2
+    # The noisy target ('noisy', the default) has no second flow.
+    noisy = TransformsComposer(flow_noise=1.0, generator=_gen(5))({"Flow": flow, "Image": image})
+    assert LOSS_FLOW_KEY not in noisy
+    # Without a draw of noise (probability 0 → the composer is plain) and on a bare tensor.
+    assert LOSS_FLOW_KEY not in TransformsComposer(flow_noise_target="clean")({"Flow": flow})
+    t = TransformsComposer(flow_noise=1.0, flow_noise_target="clean", generator=_gen(5))(flow)
+    assert t.shape == flow.shape and not torch.equal(t, flow)
+    with pytest.raises(ValueError, match="flow_noise_target must be one of"):
+        TransformsComposer(flow_noise=0.3, flow_noise_target="both")
+
+
+@pytest.mark.parametrize("mode", ["max", "znorm"])
+def test_clean_target_is_normalised_with_the_noisy_flows_statistics(mode):
+    flow = _flow(6)
+    comp = TransformsComposer(flow_normalisation=mode, flow_noise=1.0, flow_noise_target="clean",
+                              generator=_gen(7))
+    out = comp({"Flow": flow})
+    noisy = TrFlowNoise(1.0, generator=_gen(7)).noise(flow)  # the same draw
+    torch.testing.assert_close(out["Flow"], TrNormaliseFlow(mode)(noisy))
+    if mode == "max":
+        scale = torch.linalg.vector_norm(noisy, dim=0).max()
+        torch.testing.assert_close(out[LOSS_FLOW_KEY], flow / scale)
+    else:
+        mean, std = noisy.mean((1, 2), keepdim=True), noisy.std((1, 2), keepdim=True)
+        torch.testing.assert_close(out[LOSS_FLOW_KEY], (flow - mean) / std)
+    with pytest.raises(ValueError, match="one shape"):
+        TrNormaliseFlow(mode).normalise(flow, flow[:, :4])

@@ -87,7 +87,7 @@ def test_constants_read_from_the_definitions_equal_them():
 
 
 def test_choice_lists_equal_what_the_modules_accept():
-    from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NORMALISATIONS
+    from csvflowdatamodule.Transforms import FLOW_AUGMENTATIONS, FLOW_NOISE_TARGETS, FLOW_NORMALISATIONS
     from evaluationmodule.BinarisationModule import BINARY_METHODS
     from Models.Backbones.unet import NORMALISATIONS
     from Models.LitBackbone import BACKBONES, BatchPreparator
@@ -95,6 +95,7 @@ def test_choice_lists_equal_what_the_modules_accept():
     assert H.BACKBONES == BACKBONES and H.NORMALISATIONS == NORMALISATIONS
     assert H.INPUT_TYPES == tuple(BatchPreparator.TYPES) and H.BINARY_METHODS == BINARY_METHODS
     assert H.FLOW_NORMALISATIONS == FLOW_NORMALISATIONS and H.FLOW_AUGMENTATIONS == FLOW_AUGMENTATIONS
+    assert H.FLOW_NOISE_TARGETS == FLOW_NOISE_TARGETS
 
 
 #: the modules that read the settings: none may spell a setting's default itself

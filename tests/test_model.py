@@ -182,6 +182,28 @@ def test_criterion_loss_is_the_math_modules():
     assert torch.allclose(crit["losses"], ref["losses"])
 
 
+def test_criterion_fits_the_loss_flow_when_the_batch_has_one():
+    """--flow_noise_target clean: the network sees a noisy flow, the loss the clean one. On the
+    exact partition of a flow made of two quadratic motions, the clean flow's loss is ~0 (the
+    masks' 1e-6 leak), and the noise blob costs only when it is the flow being fitted."""
+    I, J = 32, 48
+    X = cm.make_basis("Quadratic", (I, J), centered=True, dtype=torch.float64)
+    obj = torch.zeros(I, J, dtype=torch.bool)
+    obj[8:20, 10:30] = True
+    th_bg = torch.tensor([[0.1, 0.0], [0.0, 0.2], [0.0, 0.0], [0.5, 0.1], [0.0, 0.3], [1.0, -0.5]], dtype=torch.float64)
+    th_obj = torch.tensor([[0.0] * 2] * 5 + [[-2.0, 1.5]], dtype=torch.float64)
+    clean = torch.where(obj.flatten()[:, None], X @ th_obj, X @ th_bg).T.reshape(1, 2, I, J)
+    noisy = clean.clone()
+    noisy[0, :, 24:30, 34:44] += torch.tensor([1.0, -1.0], dtype=torch.float64)[:, None, None]
+    pred = torch.stack([(~obj).double(), obj.double()])[None] * (1 - 2e-6) + 1e-6
+    model = MethodeB(**SMALL, theta_method="OLS", entropy_weight=0.0)
+    on_clean = model.Criterion({"Pred": pred, "Flow": clean})["losses"]
+    assert float(on_clean) < 1e-4
+    with_loss_flow = model.Criterion({"Pred": pred, "Flow": noisy, "LossFlow": clean})["losses"]
+    torch.testing.assert_close(with_loss_flow, on_clean)
+    assert float(model.Criterion({"Pred": pred, "Flow": noisy})["losses"]) > 1e-2
+
+
 def test_binarisation_methods_by_hand():
     pred = torch.zeros(1, 3, 2, 4)
     labels = torch.tensor([[0, 0, 0, 1], [0, 0, 2, 2]])  # label 0 is the biggest

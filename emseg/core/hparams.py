@@ -46,6 +46,7 @@ BINARY_METHODS: tuple[str, ...] = ("exceptbiggest", "fair")
 FLOW_NORMALISATIONS: tuple[str, ...] = ("none", "median", "mean", "max", "znorm")
 FLOW_AUGMENTATIONS: tuple[str, ...] = ("none",) + tuple(
     fam + strength for fam in ("globalmotion", "globalmotionfullquad") for strength in ("light", "medium", "strong"))
+FLOW_NOISE_TARGETS: tuple[str, ...] = ("noisy", "clean")
 
 
 def int_or_float(v: str) -> int | float:
@@ -165,6 +166,8 @@ class DataHparams:
                                 choices=FLOW_AUGMENTATIONS)
     flow_noise: float = hp(0.0, "probability that a training flow gets estimator-like noise blobs, placed in "
                            "low-texture regions when the split has images (0: off)")
+    flow_noise_target: str = hp("noisy", "the flow the loss is fitted to under --flow_noise: the noisy one the "
+                                "network sees, or the clean one from before the noise", choices=FLOW_NOISE_TARGETS)
     num_workers: int | None = hp(None, "DataLoader workers", default_help="the CPUs available, at most 8")
     strict_data: bool = hp(False, "stop at the first missing or corrupt file instead of skipping the sample")
 
