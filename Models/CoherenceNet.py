@@ -13,7 +13,7 @@ from torch import Tensor
 from emseg.core import coherence_math as cm
 from emseg.core import hparams as H
 from evaluationmodule.BinarisationModule import Binariser
-from Models.LitSegmentationModel import LitSegmentationModel
+from Models.LitSegmentationModel import LitSegmentationModel, masks_usages
 from utils.evaluations import db_eval_iou
 
 
@@ -63,7 +63,7 @@ class CoherenceCriterion:
     def frame_metrics(self, batch: dict) -> dict:
         """Add ``PredMask``; per-frame ``masks_usages`` (B, L) and, when ``GtMask`` is present, ``jaccs`` (B,)."""
         self.generate_binary_mask(batch)
-        out = {"masks_usages": batch["Pred"].detach().float().mean((2, 3))}
+        out = {"masks_usages": masks_usages(batch["Pred"])}
         if "GtMask" in batch:
             out["jaccs"] = db_eval_iou(batch["GtMask"].to(batch["PredMask"].device) > 0, batch["PredMask"])
         return out

@@ -60,6 +60,11 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def masks_usages(pred: Tensor) -> Tensor:
+    """Each mask's share of the frame: ``pred`` (B, L, I, J) → (B, L) float32, detached."""
+    return pred.detach().float().mean((2, 3))
+
+
 class SegmentationSteps:
     """The one train/val/test step, for a LightningModule whose ``prediction(batch)`` adds ``Pred``,
     ``Criterion(batch)`` returns per-sample ``losses``, ``coherence_losses``, ``entropies`` (B,) and
@@ -72,8 +77,12 @@ class SegmentationSteps:
 
         ``loss`` (the mean, with its graph), and per frame, detached and on the batch's device
         (no host sync): ``losses``, ``coherence_losses``, ``entropies`` (B,), ``theta`` (B, L, ft,
-        2), ``Pred`` (B, L, I, J), ``PredMask`` (B, I, J) bool, ``masks_usages`` (B, L), ``jaccs``
-        (B,) when the batch has ``GtMask``, ``index`` (B,) or None, and ``file_name`` (B strings).
+        2), ``Pred`` (B, L, I, J), ``masks_usages`` (B, L), ``index`` (B,) or None, and
+        ``file_name`` (B strings); in validation and test also ``PredMask`` (B, I, J) bool and,
+        when the batch has ``GtMask``, ``jaccs`` (B,).
+
+        A training step does not binarise: the masks and their J are evaluation's, and on a GPU
+        they cost the tiny network's step more than the network itself (many small kernels).
         """
         if "Flow" not in batch:
             logger.warning("%s batch %d: every sample was skipped (%d), step skipped", stage, batch_idx,
@@ -84,13 +93,15 @@ class SegmentationSteps:
         losses = crit["losses"]
         self.check_finite(losses, batch, stage, batch_idx)
         with torch.no_grad():
-            metrics = self.frame_metrics(batch)
+            metrics = {"masks_usages": masks_usages(batch["Pred"])} if stage == "train" else self.frame_metrics(batch)
         B = batch["Flow"].shape[0]
         out = {"loss": losses.mean(), "losses": losses.detach(),
                "coherence_losses": crit["coherence_losses"].detach(), "entropies": crit["entropies"].detach(),
-               "theta": crit["theta"], "Pred": batch["Pred"].detach(), "PredMask": batch["PredMask"],
+               "theta": crit["theta"], "Pred": batch["Pred"].detach(),
                "masks_usages": metrics["masks_usages"], "index": batch.get("Index"),
                "file_name": list(batch.get("FlowPath") or [f"{stage}_{batch_idx}_{i}" for i in range(B)])}
+        if "PredMask" in batch:
+            out["PredMask"] = batch["PredMask"]
         if "jaccs" in metrics:
             out["jaccs"] = metrics["jaccs"]
         self.log_step(out, stage, B)

@@ -291,6 +291,21 @@ def test_step_returns_per_frame_outputs_and_the_writer_records_them(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*self.log.*")
+def test_a_training_step_does_not_binarise(monkeypatch):
+    torch.manual_seed(0)
+    model = MethodeB(**TINY)
+    batch = tiny_batch()
+    val = model.validation_step(dict(batch), 0)
+    calls = []
+    monkeypatch.setattr(model, "generate_binary_mask", lambda b: calls.append(b))
+    out = model.training_step(dict(batch), 0)
+    assert calls == [] and "PredMask" not in out and "jaccs" not in out
+    assert torch.equal(out["masks_usages"], out["Pred"].mean((2, 3)))
+    torch.testing.assert_close(out["losses"], val["losses"])  # the same loss, with or without the masks
+    assert out["loss"].requires_grad and out["file_name"] == batch["FlowPath"]
+
+
+@pytest.mark.filterwarnings("ignore:.*self.log.*")
 def test_validation_figure_callback_draws_the_first_batch(tmp_path):
     from utils.Callbacks import ValidationFigure
 
