@@ -24,7 +24,8 @@ from emseg.core.atomic_io import atomic_write
 from evaluationmodule.writers import json_safe, write_csv, write_json, write_mask_png, write_npy  # noqa: F401
 
 
-def _save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
+def write_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib ``Figure`` (not pyplot's: nothing to close) as PNG, atomically; returns ``path``."""
     FigureCanvasAgg(fig)
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
 
@@ -70,7 +71,7 @@ def write_grouped_bars(sequences: Sequence[str], series: dict[str, np.ndarray], 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    return _save_figure(fig, Path(path))
+    return write_figure(fig, Path(path))
 
 
 def write_per_sequence_plot(per_sequence: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:

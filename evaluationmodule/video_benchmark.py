@@ -48,7 +48,7 @@ from PIL import Image
 
 from emseg.core.atomic_io import atomic_write_text
 from evaluationmodule.davis_metrics import db_eval_boundary
-from evaluationmodule.SaveModule import write_csv, write_grouped_bars, write_json, write_mask_png
+from evaluationmodule.SaveModule import write_csv, write_figure, write_grouped_bars, write_json, write_mask_png
 from utils.evaluations import db_eval_iou
 
 logger = logging.getLogger(__name__)
@@ -927,6 +927,82 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], plot: str | os.PathLike 
     return "\n".join(lines)
 
 
+def _read_video_frame(video: Path, t: int) -> np.ndarray:
+    """Frame ``t`` of ``video`` as RGB uint8 (H, W, 3); read in order, as seeking in MP4 is inexact."""
+    cap = cv2.VideoCapture(str(video))
+    try:
+        if not cap.isOpened():
+            raise BenchmarkError(f"{video}: cannot open the video")
+        for _ in range(t + 1):
+            ok, frame = cap.read()
+            if not ok:
+                raise BenchmarkError(f"{video}: has no frame {t}")
+    finally:
+        cap.release()
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def _outlined(frame: np.ndarray, masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]]) -> np.ndarray:
+    out = frame.copy()
+    for mask, colour in masks:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, colour, 2)
+    return out
+
+
+def parse_frame_spec(spec: str) -> tuple[str, int]:
+    """``'zoom_rotate:30'`` → ('zoom_rotate', 30)."""
+    name, sep, t = spec.rpartition(":")
+    if not sep or not name or not t.isdigit():
+        raise BenchmarkError(f"--frames {spec!r}: expected SEQUENCE:FRAME, e.g. zoom_rotate:30")
+    return name, int(t)
+
+
+def compare_frames(run_dirs: Sequence[str | os.PathLike], frames: Sequence[str], path: str | os.PathLike) -> Path:
+    """A figure of real frames: one row per ``SEQUENCE:FRAME`` in ``frames``, one column per scored run,
+    each panel the video's frame with the run's foreground outline (white) and the ground truth's
+    (green), titled with the run's label and the frame's J. The runs must be on one benchmark split
+    (their ``summary.json`` names it)."""
+    from matplotlib.figure import Figure
+
+    runs = []
+    for d in map(Path, run_dirs):
+        sm = d / "summary.json"
+        if not sm.is_file():
+            raise BenchmarkError(f"{d}: not a scored run (no summary.json)")
+        summary = json.loads(sm.read_text())
+        runs.append((summary.get("label") or d.name, d, summary))
+    where = {(r[2].get("bench"), r[2].get("split")) for r in runs}
+    if len(where) != 1:
+        raise BenchmarkError(f"the runs were scored on different benchmarks or splits: {sorted(map(str, where))}")
+    bench_s, split = where.pop()
+    bench = Path(bench_s)
+    seqs = {s["name"]: s for s in split_sequences(load_manifest(bench), split, bench)}
+    specs = [parse_frame_spec(f) for f in frames]
+    fig = Figure(figsize=(3.2 * len(runs), 2.2 * len(specs) + 0.3))
+    axes = np.asarray(fig.subplots(len(specs), len(runs), squeeze=False))
+    for row, (name, t) in enumerate(specs):
+        if name not in seqs:
+            raise BenchmarkError(f"--frames {name}:{t}: no sequence {name!r} in the {split} split "
+                                 f"(has {', '.join(seqs)})")
+        seq = seqs[name]
+        if not 0 <= t < int(seq["n_frames"]):
+            raise BenchmarkError(f"--frames {name}:{t}: the sequence has frames 0 … {int(seq['n_frames']) - 1}")
+        folder = bench / seq["path"]
+        image = _read_video_frame(folder / seq["video"], t)
+        shape = image.shape[:2]
+        gt = _read_binary(folder / seq.get("masks", "masks") / f"{t:05d}.png", shape, "ground-truth mask")
+        for col, (label, d, _) in enumerate(runs):
+            pred = _read_binary(d / name / f"{t:05d}_binary.png", shape, "predicted mask")
+            ax = axes[row, col]
+            ax.imshow(_outlined(image, [(gt, (0, 255, 0)), (pred, (255, 255, 255))]))
+            ax.set_title(f"{label} · {name} {t} · J {float(db_eval_iou(gt, pred)):.2f}", fontsize=7)
+            ax.set_axis_off()
+    fig.suptitle("white: the run's foreground; green: the ground truth", fontsize=8)
+    fig.tight_layout()
+    return write_figure(fig, Path(path))
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -955,6 +1031,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = sub.add_parser("compare", help="per-sequence J / F of several scored runs side by side")
     cp.add_argument("runs", nargs="+")
     cp.add_argument("--plot", default=None, help="bar plot PNG (default: compare_J.png beside the first run)")
+    cp.add_argument("--frames", nargs="+", default=None, metavar="SEQUENCE:FRAME",
+                    help="also draw these frames, one row each, with every run's outline (e.g. zoom_rotate:30)")
+    cp.add_argument("--frames_out", default=None,
+                    help="the frames' figure (PNG; default: compare_frames.png beside the first run)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if extra and args.cmd != "score":
@@ -973,6 +1053,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot = args.plot or str(Path(args.runs[0]).resolve().parent / "compare_J.png")
             print(compare_runs(args.runs, plot))
             print(f"plot → {plot}")
+            if args.frames:
+                out = args.frames_out or str(Path(args.runs[0]).resolve().parent / "compare_frames.png")
+                print(f"frames → {compare_frames(args.runs, args.frames, out)}")
     except (BenchmarkError, OSError) as err:
         raise SystemExit(f"video_benchmark: {err}") from None
     return 0

@@ -295,6 +295,17 @@ def test_score_only_and_compare(tmp_path, bench, capsys):
     row = [ln for ln in text.splitlines() if ln.startswith("one_textured")][0]
     assert "1.000 / 1.000" in row and "0.000 / 0.000" in row
     assert plot.is_file() and plot.stat().st_size > 1000
+    # the frames' figure: one row per frame, one column per run, with each panel's J
+    frames = tmp_path / "frames.png"
+    assert vb.main(["compare", str(a), str(b), "--plot", str(plot), "--frames", "one_textured:2", "static_empty:0",
+                    "--frames_out", str(frames)]) == 0
+    assert f"frames → {frames}" in capsys.readouterr().out
+    with Image.open(frames) as im:
+        assert im.width > im.height > 100  # two runs side by side, two rows
+    for bad, msg in (("one_textured", "expected SEQUENCE:FRAME"), ("nope:1", "no sequence 'nope'"),
+                     (f"one_textured:{N}", "has frames 0")):
+        with pytest.raises(SystemExit, match=msg):
+            vb.main(["compare", str(a), "--plot", str(plot), "--frames", bad, "--frames_out", str(frames)])
     shutil.rmtree(b / "static_empty")
     with pytest.raises(SystemExit, match="expected mask missing"):
         vb.main(["score", "--bench", str(bench), "--split", "dev", "--out", str(b), "--score_only"])
