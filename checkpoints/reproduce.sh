@@ -92,3 +92,19 @@ done
 python model_eval.py --ckpt "$D/em_v2.ckpt" --save_dir "$D/eval_v2" --base_dir "$D/synthetic" \
     --data_file "$D/synthetic/synthetic" --steps test
 python segment.py --flow images/00000.flo --out "$D/blackswan_v2" --ckpt "$D/em_v2.ckpt"
+# ... and the second round (model card, "Four more retrainings"): the same data and start, one change each
+V2="--base_dir / --data_file $D/mixed2/mixed $COMMON --optim.lr 1e-4 --init_ckpt $D/stage2/last.ckpt --flow_width 320"
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/v3/clean" $V2 --max_epochs 3 \
+    --flow_noise 0.3 --flow_noise_target clean   # stopped after its first epoch: that epoch's checkpoint is scored
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/v3/nonoise" $V2 --max_epochs 3
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/v3/augmed" $V2 --max_epochs 3 \
+    --flow_augmentation globalmotionfullquadmedium
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/v3/zoommed" $V2 --max_epochs 2 \
+    --flow_augmentation globalmotionmedium
+for n in nonoise augmed zoommed; do
+    python -m Models.convert_checkpoint "$D/v3/$n/last.ckpt" "$D/em_$n.ckpt" --inference_only
+    python -m evaluationmodule.video_benchmark score --bench "$D/videobench" --split dev --out "$D/vb/${n}_dev" \
+        --label "$n" -- --ckpt "$D/em_$n.ckpt"
+done
+python -m evaluationmodule.video_benchmark compare "$D/vb/v1_dev" "$D/vb/v2_dev" "$D/vb/nonoise_dev" "$D/vb/augmed_dev" \
+    "$D/vb/zoommed_dev" --frames zoom_rotate:30 one_lowtex:24 pan_empty:20
