@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from csvflowdatamodule.extract_flow import iter_video_frames
 from emseg.core.atomic_io import atomic_write_text
 from evaluationmodule.davis_metrics import db_eval_boundary
 from evaluationmodule.SaveModule import write_csv, write_figure, write_grouped_bars, write_json, write_mask_png
@@ -928,17 +930,16 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], plot: str | os.PathLike 
 
 
 def _read_video_frame(video: Path, t: int) -> np.ndarray:
-    """Frame ``t`` of ``video`` as RGB uint8 (H, W, 3); read in order, as seeking in MP4 is inexact."""
-    cap = cv2.VideoCapture(str(video))
+    """Frame ``t`` of ``video`` as RGB uint8 (H, W, 3); decoded in order, as seeking in MP4 is inexact."""
+    frames = iter_video_frames(video)
     try:
-        if not cap.isOpened():
-            raise BenchmarkError(f"{video}: cannot open the video")
-        for _ in range(t + 1):
-            ok, frame = cap.read()
-            if not ok:
-                raise BenchmarkError(f"{video}: has no frame {t}")
+        frame = next(itertools.islice(frames, t, None), None)
+    except ValueError as err:  # OpenCV cannot open it
+        raise BenchmarkError(str(err)) from None
     finally:
-        cap.release()
+        frames.close()
+    if frame is None:
+        raise BenchmarkError(f"{video}: has no frame {t}")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
