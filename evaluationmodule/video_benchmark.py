@@ -898,14 +898,19 @@ def format_table(per_seq: pd.DataFrame, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def load_scored_run(run_dir: str | os.PathLike) -> tuple[str, pd.DataFrame, dict]:
+    """(label, per-sequence table, summary) of a run folder that ``score`` wrote."""
+    d = Path(run_dir)
+    ps, sm = d / "per_sequence.csv", d / "summary.json"
+    if not ps.is_file() or not sm.is_file():
+        raise BenchmarkError(f"{d}: not a scored run (no per_sequence.csv / summary.json)")
+    summary = json.loads(sm.read_text())
+    return summary.get("label") or d.name, pd.read_csv(ps), summary
+
+
 def compare_runs(run_dirs: Sequence[str | os.PathLike], plot: str | os.PathLike | None = None) -> str:
     """Side-by-side per-sequence J / F table of several scored runs; optional bar plot of J."""
-    runs = []
-    for d in map(Path, run_dirs):
-        ps, sm = d / "per_sequence.csv", d / "summary.json"
-        if not ps.is_file() or not sm.is_file():
-            raise BenchmarkError(f"{d}: not a scored run (no per_sequence.csv / summary.json)")
-        runs.append((json.loads(sm.read_text()).get("label") or d.name, pd.read_csv(ps), json.loads(sm.read_text())))
+    runs = [load_scored_run(d) for d in run_dirs]
     seqs = list(dict.fromkeys(s for _, df, _ in runs for s in df["sequence"]))
     width = max(13, *(len(lb) for lb, _, _ in runs))  # a cell reads "0.000 / 0.000"
     head = f"{'sequence':<14}" + "".join(f" {lb[:width]:>{width}}" for lb, _, _ in runs)
@@ -967,13 +972,10 @@ def compare_frames(run_dirs: Sequence[str | os.PathLike], frames: Sequence[str],
     from matplotlib.figure import Figure
 
     runs = []
-    for d in map(Path, run_dirs):
-        sm = d / "summary.json"
-        if not sm.is_file():
-            raise BenchmarkError(f"{d}: not a scored run (no summary.json)")
-        summary = json.loads(sm.read_text())
-        runs.append((summary.get("label") or d.name, d, summary))
-    where = {(r[2].get("bench"), r[2].get("split")) for r in runs}
+    for d in run_dirs:
+        label, _, summary = load_scored_run(d)
+        runs.append((label, Path(d), summary))
+    where = {(summary.get("bench"), summary.get("split")) for _, _, summary in runs}
     if len(where) != 1:
         raise BenchmarkError(f"the runs were scored on different benchmarks or splits: {sorted(map(str, where))}")
     bench_s, split = where.pop()
