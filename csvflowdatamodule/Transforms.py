@@ -102,6 +102,10 @@ class TrNormaliseFlow:
         return outs if others else outs[0]
 
     def __call__(self, x: Any) -> Any:
+        if isinstance(x, dict) and LOSS_FLOW_KEY in x:  # the loss's flow stays in the network's units
+            out = dict(x)
+            out["Flow"], out[LOSS_FLOW_KEY] = self.normalise(x["Flow"], x[LOSS_FLOW_KEY])
+            return out
         return _apply_on_flow(x, self.normalise)
 
     def __repr__(self) -> str:
@@ -193,15 +197,18 @@ class TrFlowNoise:
     mean vector norm + 0.5 px). When the item has an ``'Image'`` (3, I, J), blob centres are drawn
     among the 30 % least textured pixels (image gradient magnitude).
 
-    Which flow the loss sees is :class:`TransformsComposer`'s choice (``flow_noise_target``):
-    the corrupted one, or the flow before the noise.
+    With ``keep_clean``, an item also gets ``'LossFlow'``: its flow from before the noise (the
+    flow itself when no noise was drawn, so that items batch together), for the loss to be fitted
+    to (:class:`TransformsComposer`, ``flow_noise_target='clean'``).
     """
 
-    def __init__(self, probability: float = 0.0, generator: torch.Generator | None = None) -> None:
+    def __init__(self, probability: float = 0.0, generator: torch.Generator | None = None,
+                 keep_clean: bool = False) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"flow_noise must be a probability in [0, 1], got {probability}")
         self.probability = float(probability)
         self.generator = generator
+        self.keep_clean = bool(keep_clean)
 
     def _rand(self, *shape: int) -> Tensor:
         return torch.rand(*shape, generator=self.generator, dtype=torch.float64)
@@ -251,11 +258,13 @@ class TrFlowNoise:
                 return x
             out = dict(x)
             out["Flow"] = self.noise(x["Flow"], x.get("Image"))
+            if self.keep_clean:
+                out[LOSS_FLOW_KEY] = x["Flow"]
             return out
         return self.noise(x)
 
     def __repr__(self) -> str:
-        return f"TrFlowNoise({self.probability})"
+        return f"TrFlowNoise({self.probability}{', keep_clean=True' if self.keep_clean else ''})"
 
 
 class TransformsComposer:
@@ -272,12 +281,10 @@ class TransformsComposer:
       that order). Where a scene has no second motion, a blob then lowers the loss by taking
       the free mask: the network is taught to segment the noise.
     - ``'clean'``: the flow before the noise (augmentation, noise, normalisation). Items get
-      ``'LossFlow'`` (2, I, J): the augmented flow without the noise, normalised with the
-      noisy flow's statistics (the ones the network's input gets), which the loss
-      (``CoherenceCriterion.Criterion``) fits in place of ``'Flow'``. A blob is then only
-      ever explained by the motion around it. Every item gets the key (equal to ``'Flow'``
-      when no noise was drawn), so that items batch together. On a bare tensor the noisy
-      flow is returned.
+      ``'LossFlow'`` (2, I, J) from :class:`TrFlowNoise`: the augmented flow without the noise,
+      normalised with the noisy flow's statistics (the ones the network's input gets), which
+      the loss (``CoherenceCriterion.Criterion``) fits in place of ``'Flow'``. A blob is then
+      only ever explained by the motion around it. On a bare tensor the noisy flow is returned.
     """
 
     def __init__(self, flow_normalisation: str = "none", flow_augmentation: str = "none",
@@ -288,30 +295,16 @@ class TransformsComposer:
                              f"got {flow_noise_target!r}")
         self.normalise = TrNormaliseFlow(flow_normalisation)
         self.augment = TrAugmentFlow(flow_augmentation, generator=generator)
-        self.noise = TrFlowNoise(flow_noise, generator=generator)
         self.clean_target = flow_noise > 0 and flow_noise_target == "clean"
+        self.noise = TrFlowNoise(flow_noise, generator=generator, keep_clean=self.clean_target)
         order = ((self.augment, flow_augmentation != "none"), (self.noise, flow_noise > 0)) if self.clean_target \
             else ((self.noise, flow_noise > 0), (self.augment, flow_augmentation != "none"))
         self.transforms = [t for t, active in order + ((self.normalise, flow_normalisation != "none"),) if active]
 
     def __call__(self, x: Any) -> Any:
-        if self.clean_target:
-            return self._with_clean_target(x)
         for tr in self.transforms:
             x = tr(x)
         return x
 
-    def _with_clean_target(self, x: Any) -> Any:
-        if not isinstance(x, dict):
-            return self.normalise.normalise(self.noise.noise(self.augment.augment(x)))
-        if "Flow" not in x:  # e.g. a skipped sample
-            return x
-        out = dict(x)
-        clean = self.augment.augment(x["Flow"])
-        noisy = self.noise.noise(clean, x.get("Image"))
-        out["Flow"], out[LOSS_FLOW_KEY] = self.normalise.normalise(noisy, clean)
-        return out
-
     def __repr__(self) -> str:
-        target = ", loss on the clean flow" if self.clean_target else ""
-        return f"TransformsComposer({self.transforms}{target})"
+        return f"TransformsComposer({self.transforms})"
