@@ -12,7 +12,7 @@ from torch import Tensor
 
 from emseg.core import coherence_math as cm
 from emseg.core import hparams as H
-from evaluationmodule.BinarisationModule import Binariser
+from emseg.core.binarisation import Binariser
 from Models.LitSegmentationModel import LitSegmentationModel, masks_usages
 from utils.evaluations import db_eval_iou
 

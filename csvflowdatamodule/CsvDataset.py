@@ -42,7 +42,7 @@ from emseg.core.flow_io import (  # noqa: F401
     read_flow,
     write_flow,
 )
-from evaluationmodule.core import decode_mask
+from emseg.core.masks import decode_mask
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _image_to_chw(path: str, im: PILImage.Image) -> np.ndarray:
 
 def _mask_array(path: str, im: PILImage.Image) -> np.ndarray:
     """PIL mask of any mode (palette included) → bool (H, W), True where any value > 0: the
-    evaluation's rule (``evaluationmodule.core.decode_mask``), so training and scoring agree."""
+    evaluation's rule (``emseg.core.masks.decode_mask``), so training and scoring agree."""
     try:
         return decode_mask(im)
     except ValueError as exc:

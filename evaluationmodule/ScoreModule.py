@@ -23,10 +23,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from emseg.core.binarisation import BINARY_METHODS, Binariser
+from emseg.core.masks import resize_proba
 from evaluationmodule import davis_metrics
-from evaluationmodule.BinarisationModule import BINARY_METHODS, Binariser
 from utils.evaluations import db_eval_iou
 
 SCORING_METHODS = ("db_eval_iou", "bbox_jacc")
@@ -42,18 +42,8 @@ def default_scoring_method(name: str) -> str:
     return "bbox_jacc" if "moca" in name.lower() else "db_eval_iou"
 
 
-def resize_proba(proba: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Probabilities (L, I, J) → float32 tensor (L, H, W), bilinear with align_corners=False."""
-    t = torch.as_tensor(np.asarray(proba) if not isinstance(proba, torch.Tensor) else proba, dtype=torch.float32)
-    if t.dim() != 3:
-        raise ValueError(f"expected probabilities (L, I, J), got shape {tuple(t.shape)}")
-    size = (int(size[0]), int(size[1]))
-    if tuple(t.shape[1:]) == size:
-        return t
-    return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def binarise(proba: torch.Tensor, gt: np.ndarray | None = None, binary_method: str = "exceptbiggest") -> np.ndarray:
+def binary_mask(proba: torch.Tensor, gt: np.ndarray | None = None,
+                binary_method: str = "exceptbiggest") -> np.ndarray:
     """Probabilities (L, H, W) → binary foreground (H, W) bool via ``Binariser``.
 
     ``gt`` (H, W) is needed for ``fair`` only.
@@ -181,7 +171,7 @@ class FrameScorer:
         if gt.ndim != 2:
             raise ValueError(f"expected a ground truth (H, W), got shape {gt.shape}")
         p = resize_proba(proba, gt.shape)
-        pred = binarise(p, gt if self.binary_method == "fair" else None, self.binary_method)
+        pred = binary_mask(p, gt if self.binary_method == "fair" else None, self.binary_method)
         labels = p.argmax(0).cpu().numpy()
         jacc = jaccard(gt, pred)
         bbox = bbox_jaccard(gt, pred)

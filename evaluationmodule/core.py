@@ -15,8 +15,8 @@ One definition each of what their outputs must agree on:
 - **splits** (:func:`resolve_data_file`, :func:`split_name`): ``NAME`` + step → ``NAME_{step}.csv``,
   a ``'{}'`` pattern is filled with the step, a ``.csv`` is taken as it is; the split's name is the
   CSV's stem (``DataSplit/X_test.csv`` → ``X_test``);
-- **ground-truth masks** (:func:`decode_mask`): every value > 0 is foreground, whatever the image
-  mode (palette indices, any colour channel, alpha ignored);
+- **ground-truth masks**: ``decode_mask`` is ``emseg.core.masks.decode_mask`` (every value > 0 is
+  foreground), re-exported here for the evaluation's callers;
 - **summaries** (:func:`sequence_stats`, :func:`overall_summary`, :func:`summary_table`): per sequence
   (in order of first appearance) the mean, recall and decay of each measure over its scored frames,
   then the means over all frames and over sequences.
@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from emseg.core.datasplit import split_csv
+from emseg.core.masks import decode_mask  # noqa: F401  (the ground-truth rule, re-exported)
 from evaluationmodule import davis_metrics
 
 UP = "_up_"
@@ -108,26 +109,6 @@ resolve_data_file = split_csv
 def split_name(csv_path: str | os.PathLike) -> str:
     """The split's name: the CSV file's stem (``DataSplit/X_test.csv`` → ``X_test``)."""
     return Path(csv_path).stem
-
-
-# ----------------------------------------------------------------------------------------------
-# Ground-truth masks
-# ----------------------------------------------------------------------------------------------
-def decode_mask(im: Any) -> np.ndarray:
-    """A ground-truth mask as a PIL image of any mode → bool (H, W), True where the value is > 0.
-
-    Palette images give their indices (0 = background); multi-channel images are foreground where
-    any colour channel is > 0, an alpha channel ignored. Raises ValueError (without the file's name:
-    the callers add it) for an image that is not one (H, W) plane.
-    """
-    arr = np.asarray(im)
-    if arr.ndim == 3:
-        if im.mode in ("RGBA", "LA", "PA"):
-            arr = arr[..., :-1]
-        arr = (arr > 0).any(-1)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"unexpected mask shape {arr.shape}; expected an (H, W) mask")
-    return arr > 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from evaluationmodule import davis_metrics as dm
 from evaluationmodule.ScoreModule import (
     ScoreModule,
     bbox_jaccard,
-    binarise,
+    binary_mask,
     default_scoring_method,
     jaccard,
     largest_component_bbox,
@@ -156,7 +156,7 @@ def test_exceptbiggest_through_resize():
     assert tuple(up.shape) == (2, 16, 24)
     # bilinear (align_corners=False) ×2 of a hard 0/1 block puts the 0.5 level exactly on the block's edges
     torch.testing.assert_close(up.sum(0), torch.ones(16, 24))
-    pred = binarise(up, binary_method="exceptbiggest")
+    pred = binary_mask(up, binary_method="exceptbiggest")
     np.testing.assert_array_equal(pred, gt)
     fs = ScoreModule("db_eval_iou", "exceptbiggest").score(proba, gt)
     assert fs.pred_mask.shape == (16, 24)

@@ -9,7 +9,7 @@ import torch
 
 from emseg.video.adaptation import adapt, mean_loss
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow, warp
-from emseg.video.motion_significance import significant_foreground, suppress
+from emseg.core.significance import significant_foreground, suppress
 from emseg.video.temporal import align_identities, best_permutation, fuse
 from Models.CoherenceNets.MethodeB import MethodeB
 
@@ -229,5 +229,5 @@ def test_binarisation_applies_significance_only_when_asked():
     assert plain[obj].all() and plain[both[2] > 0].all()  # the paper's rule keeps both regions
     sig = BinarisationModule("exceptbiggest", min_motion=2).binarise({"Pred": pred[None], "Flow": flow[None]})
     assert sig["PredMask"][0][obj].all() and not sig["PredMask"][0][both[2] > 0].any()
-    with pytest.raises(ValueError, match="min_motion must be >= 0"):
+    with pytest.raises(ValueError, match="min_motion must be a finite number >= 0"):
         BinarisationModule(min_motion=-1)

@@ -11,7 +11,7 @@ A video goes through, frame pair by frame pair (memory stays flat with the video
 3. **temporal consistency** (``emseg.video.temporal``): each frame's masks are matched to the previous
    frame's through the flow, then averaged with the neighbouring frames' carried onto it, weighted
    by the confidence;
-4. **motion significance** (``emseg.video.motion_significance``): a foreground region is kept only if
+4. **motion significance** (``emseg.core.significance``): a foreground region is kept only if
    it moves unlike the background's fitted motion by more than the flow's own noise;
 5. **binarise and write**: the probabilities are resized to the frame's size and binarised
    (``exceptbiggest``, by a histogram of the argmax labels) and written, with the animation, by a
@@ -51,8 +51,9 @@ from csvflowdatamodule.extract_flow import DIS_PRESETS, dis_estimator, make_esti
 from emseg.core.atomic_io import atomic_write, atomic_write_image
 from emseg.core.figures import flow_to_rgb
 from emseg.core.flow_io import read_flow
+from emseg.core.masks import exceptbiggest_labels, labels_at
+from emseg.core.significance import DEFAULT_MIN_MOTION, significant_foregrounds, suppress
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow
-from emseg.video.motion_significance import DEFAULT_MIN_MOTION, significant_foregrounds, suppress
 from emseg.video.temporal import align_identities, carry, fuse
 from evaluationmodule.writers import rewrite_rows, write_json, write_npy
 
@@ -464,32 +465,6 @@ def _conf(conf: torch.Tensor | None, inside: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
-def labels_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """pred (L, I, J) → the argmax label (H, W) of the probabilities resized bilinearly to ``size``."""
-    H, W = size
-    L = pred.shape[0]
-    if L == 2:  # one channel decides: the sign of p1 − p0 (ties go to label 0, as argmax does)
-        d = cv2.resize(np.ascontiguousarray(pred[1] - pred[0]), (W, H), interpolation=cv2.INTER_LINEAR)
-        return (d > 0).astype(np.uint8)
-    up = cv2.resize(np.ascontiguousarray(pred.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
-    return up.reshape(H, W, L).argmax(-1)
-
-
-def except_biggest(labels: np.ndarray, n_labels: int) -> np.ndarray:
-    """labels (H, W) → (H, W) bool: the pixels not in the most frequent label (counted by a
-    histogram; a tie goes to the lower label, as ``argmax`` does)."""
-    if n_labels == 2:  # a count of ones: np.bincount would first copy the labels to int64
-        ones = np.count_nonzero(labels)
-        return labels != (1 if 2 * ones > labels.size else 0)
-    return labels != np.bincount(labels.ravel(), minlength=n_labels).argmax()
-
-
-def binarise(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """pred (L, I, J) → (H, W) bool at ``size``: resized bilinearly, then every pixel whose argmax
-    label is not the most frequent one (``exceptbiggest``)."""
-    return except_biggest(labels_at(pred, size), pred.shape[0])
-
-
 def overlay(base: np.ndarray, labels: np.ndarray, binary: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """base uint8 (H, W, 3) RGB, labels (H, W) int (:func:`labels_at`), binary (H, W) bool → uint8
     (H, W, 3): each pixel ``(1 − alpha) · base + alpha · colour of its label`` (rounded), the
@@ -529,7 +504,7 @@ class Writer:
     def _write(self, name: str, final: np.ndarray, size: tuple[int, int], base) -> None:
         t0 = time.perf_counter()
         labels = labels_at(final, size)  # once: the mask and the overlay both use it
-        binary = except_biggest(labels, final.shape[0])
+        binary = exceptbiggest_labels(labels, final.shape[0])
         t0 = self.times.add("binarise", t0)
         _png(self.out / f"{name}_binary.png", binary.astype(np.uint8) * 255)
         if self.opts.save_proba:
