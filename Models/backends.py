@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from emseg.core.cache import cache_root
-from Models.export import ExportError, export_onnx, export_openvino, is_exportable
+from Models.exporting import ExportError, export_onnx, export_openvino, is_exportable
 
 logger = logging.getLogger(__name__)
 

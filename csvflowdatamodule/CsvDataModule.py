@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from csvflowdatamodule.CsvDataset import CsvDataset
+from csvflowdatamodule.dataset import CsvDataset
 from csvflowdatamodule.Transforms import (
     FLOW_AUGMENTATIONS,
     FLOW_NOISE_TARGETS,

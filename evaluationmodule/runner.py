@@ -31,7 +31,7 @@ from evaluationmodule.DataLoadingModule import (
     read_split,
 )
 from evaluationmodule.SaveModule import EvaluationSaver
-from evaluationmodule.ScoreModule import SCORE_COLUMNS, FrameScorer, default_scoring_method
+from evaluationmodule.scoring import SCORE_COLUMNS, FrameScorer, default_scoring_method
 
 logger = logging.getLogger(__name__)
 
