@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-# the naming, split and mask rules shared with model_eval.py are the evaluation core's
-from evaluationmodule.core import (  # noqa: F401
+# the mask rule is the core's; the naming and split rules shared with model_eval.py are evaluationmodule.naming's
+from emseg.core.masks import decode_mask
+from evaluationmodule.naming import (  # noqa: F401
     UP,
-    decode_mask,
     natural_key,
     relative_key,
     resolve_data_file,
@@ -182,7 +182,7 @@ def recorded_model(model_base_dir: str | os.PathLike) -> str | None:
 def load_gt(path: str | os.PathLike) -> np.ndarray:
     """Load a ground-truth mask → bool (I, J): every value > 0 is foreground.
 
-    Any PIL mode (``evaluationmodule.core.decode_mask``, the rule the training data loader uses too):
+    Any PIL mode (``emseg.core.masks.decode_mask``, the rule the training data loader uses too):
     palette images give their indices, multi-channel images are foreground where any colour channel
     is > 0 (an alpha channel is ignored). Raises FileNotFoundError / DataLoadingError
     naming the file.

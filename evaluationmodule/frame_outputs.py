@@ -1,7 +1,7 @@
 """The per-frame files of a test step, written the same way by ``model_eval.py``
 (``emseg.app.evaluation_run.FrameOutputWriter``) and the authors' ``utils.Callbacks.SaveResultsFig``.
 
-At ``{save_dir}/{Flow path without extension}`` (``core.output_stem``): ``_proba.npy`` (L × I × J
+At ``{save_dir}/{Flow path without extension}`` (``naming.output_stem``): ``_proba.npy`` (L × I × J
 float32, softmax over L), ``_binary.png`` (0 / 255) and ``_fig.png`` (``emseg.core.figures.frame_figure``).
 """
 
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from emseg.core.coherence_math import parametric_flow_of
 from emseg.core.figures import frame_figure, save_figure
-from evaluationmodule.core import FRAME_SUFFIXES
+from evaluationmodule.naming import FRAME_SUFFIXES
 from evaluationmodule.writers import write_mask_png, write_npy
 
 #: the outputs' keys the figure shows, when the step returned them

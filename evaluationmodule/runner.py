@@ -1,5 +1,5 @@
 """The benchmark evaluation of one DataSplit: ``evaluate`` scores every row's saved probabilities
-(``FrameScorer``), summarises them per sequence and overall (``evaluationmodule.core``) and writes
+(``FrameScorer``), summarises them per sequence and overall (``evaluationmodule.summaries``) and writes
 the outputs (``EvaluationSaver``). ``evaluationmodule.Evaluation`` is its command line.
 
 Every DataSplit row leaves exactly one record in ``scores.csv``: ``status`` is ``ok``, ``missing``
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from evaluationmodule import core, davis_metrics
+from evaluationmodule import davis_metrics, naming, summaries
 from evaluationmodule.DataLoadingModule import (
     DataLoadingError,
     PredictionLoader,
@@ -46,7 +46,7 @@ MEASURES = {"J": "jacc", "F": "boundary_f"}
 
 
 def sequence_table(scores: pd.DataFrame, binning: str = "toolkit") -> pd.DataFrame:
-    """Per-sequence statistics from a scores table (``core.sequence_stats``).
+    """Per-sequence statistics from a scores table (``summaries.sequence_stats``).
 
     ``scores`` needs ``jacc``, ``boundary_f``, ``score`` and the frames' ``Flow`` paths (or a
     ``sequence`` column and ``GtMask`` paths). Frames are in natural order of their path; rows
@@ -54,7 +54,7 @@ def sequence_table(scores: pd.DataFrame, binning: str = "toolkit") -> pd.DataFra
     ``n_unscored``. Sequences keep their order of appearance.
     """
     records = scores.to_dict("records")
-    per = core.sequence_stats(records, {**MEASURES, "score": "score"}, scored_by="jacc", binning=binning)
+    per = summaries.sequence_stats(records, {**MEASURES, "score": "score"}, scored_by="jacc", binning=binning)
     for rec in per:
         rec["JF"] = (rec["J_mean"] + rec["F_mean"]) / 2
     return pd.DataFrame(per, columns=list(PER_SEQUENCE_COLUMNS))
@@ -82,14 +82,14 @@ def summarise(scores: pd.DataFrame, per_sequence: pd.DataFrame) -> dict[str, Any
         "total_rows": total,
         "mean_score_missing_as_zero": float(np.nansum(s) / total) if total else float("nan"),
     }
-    overall = core.overall_summary(ok.to_dict("records"), per_sequence.to_dict("records"), MEASURES)
+    overall = summaries.overall_summary(ok.to_dict("records"), per_sequence.to_dict("records"), MEASURES)
     for name in MEASURES:
         summary[f"{name}_mean_frames"] = overall[f"{name}_mean_frames"]
         summary[f"{name}_recall_frames"] = overall[f"{name}_recall_frames"]
     summary["JF_frames"] = (summary["J_mean_frames"] + summary["F_mean_frames"]) / 2
     summary["n_sequences"] = overall["n_sequences"]
     for name in MEASURES:
-        for stat in core.STATISTICS:
+        for stat in summaries.STATISTICS:
             summary[f"{name}_{stat}_sequences"] = overall[f"{name}_{stat}_sequences"]
     summary["JF_sequences"] = (summary["J_mean_sequences"] + summary["F_mean_sequences"]) / 2
     return summary
@@ -147,8 +147,8 @@ def evaluate(data_file: str | os.PathLike, model_base_dir: str | os.PathLike, da
     Returns:
         EvaluationResult; the same content is written to ``out_dir`` (see EvaluationSaver).
     """
-    csv_path = core.resolve_data_file(data_file, step)
-    name = core.split_name(csv_path)
+    csv_path = naming.resolve_data_file(data_file, step)
+    name = naming.split_name(csv_path)
     scoring_method = scoring_method or default_scoring_method(name)
     if decay_binning not in davis_metrics.DECAY_BINNINGS:
         raise ValueError(f"--decay_binning must be one of {list(davis_metrics.DECAY_BINNINGS)}, "
@@ -207,7 +207,7 @@ class _RowEvaluator:
 
     def __call__(self, i: int, row: pd.Series) -> None:
         pred_path = self.loader.prediction_path(row)
-        rec: dict[str, Any] = {"sequence": core.sequence_of(row["Flow"]), "pred_file": str(pred_path)}
+        rec: dict[str, Any] = {"sequence": naming.sequence_of(row["Flow"]), "pred_file": str(pred_path)}
         self.records.append(rec)
         if not row["GtMask"]:
             rec["status"] = "error: empty GtMask cell"
@@ -226,7 +226,7 @@ class _RowEvaluator:
             return
         rec.update(fs.row())
         rec["status"] = "ok"
-        key = core.without_ext(row["GtMask"])
+        key = naming.without_ext(row["GtMask"])
         if self.save_masks:
             rec["binary_mask"] = str(self.saver.save_mask(fs.pred_mask, key).relative_to(self.saver.out_dir))
         if self.fig_every and self.n_scored % self.fig_every == 0:

@@ -29,8 +29,9 @@ from torch import Tensor
 
 from emseg.app.results import ResultsWriter, frame_rows
 from emseg.core.atomic_io import atomic_write_text
-from evaluationmodule.core import as_number, frame_value, output_stem, sequence_of, summary_table
 from evaluationmodule.frame_outputs import with_parametric_flow, write_frame_outputs
+from evaluationmodule.naming import output_stem, sequence_of
+from evaluationmodule.summaries import as_number, frame_value, summary_table
 
 logger = logging.getLogger(__name__)
 
