@@ -28,7 +28,11 @@ get torch.
 
 Exports are made on demand into ``cache_dir`` (kept, named by a hash of the weights and the
 network's hyperparameters, so a changed or adapted model gets a new file) or, without one, into
-a temporary folder removed once the graph is loaded.
+a temporary folder removed once the graph is loaded. A kept export is verified, not trusted: its
+files are sealed by the SHA-256 of the exact bytes written (``<file>.sha256.json``, written last),
+checked before every use; a file that does not match (replaced by another model's export,
+truncated, corrupted) or does not load is exported again with a warning. A lock per export
+(``<digest>.<backend>.lock``) keeps two processes from exporting or reading half-written files at once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import tempfile
@@ -47,14 +52,16 @@ import torch
 from torch import Tensor, nn
 
 from emseg.core.cache import cache_root
+from emseg.core.hparams import INFERENCE_BACKENDS, INFERENCE_PRECISIONS
 from Models.exporting import ExportError, export_onnx, export_openvino, is_exportable
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
+#: the backend and precision names are defined with segment.py's settings (emseg/core/hparams.py)
+BACKENDS = INFERENCE_BACKENDS
 #: the order ``make_backend(model)`` tries, fastest exact first (measured; see the module docstring)
 PREFERENCE = ("openvino", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = INFERENCE_PRECISIONS
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 #: bumped when the exported graph changes, so cached files of an older export are not reused
 EXPORT_VERSION = 1
@@ -234,24 +241,105 @@ def export_cache_dir() -> Path | None:
     return folder
 
 
+#: the files of one export, by backend: the path given to the runtime first
+_EXPORT_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".xml", ".bin")}
+_SEAL_SUFFIX = ".sha256.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _seal_path(path: Path) -> Path:
+    return path.with_name(path.name + _SEAL_SUFFIX)
+
+
+def verify_export(path: str | os.PathLike, name: str) -> str | None:
+    """Why the cached export ``path`` of backend ``name`` cannot be used, or None when every one of its
+    files is there with the exact bytes its seal (``<file>.sha256.json``, written last) records."""
+    path = Path(path)
+    files = [path.with_suffix(sfx) for sfx in _EXPORT_SUFFIXES[name]]
+    seal = _seal_path(path)
+    try:
+        recorded = json.loads(seal.read_text())["sha256"]
+    except FileNotFoundError:
+        return f"no seal {seal.name} (an export of an older version, or one interrupted)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable seal {seal.name} ({err})"
+    for f in files:
+        try:
+            digest = _sha256(f)
+        except OSError as err:
+            return f"{f.name} unreadable ({err.strerror or err})"
+        if not isinstance(recorded, dict) or recorded.get(f.name) != digest:
+            return f"{f.name} is not the file that was exported (its SHA-256 differs from the seal's)"
+    return None
+
+
+@contextlib.contextmanager
+def _export_lock(folder: Path, stem: str) -> Iterator[None]:
+    """One process at a time checks, makes and loads a given export: a second one waits, then finds
+    the first one's sealed files (no torn cache, no double export)."""
+    import fcntl
+
+    with open(folder / f"{stem}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _export_sealed(model: nn.Module, name: str, path: Path) -> None:
+    """Export into a private folder beside ``path``, then move the files into place and write the seal
+    (their SHA-256) last, so a crash leaves either the old state or unsealed files, never a seal that lies."""
+    exporter = export_onnx if name == "onnxruntime" else export_openvino
+    with tempfile.TemporaryDirectory(prefix=".export_", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        exporter(model, staged)
+        names = [path.with_suffix(sfx).name for sfx in _EXPORT_SUFFIXES[name]]
+        hashes = {n: _sha256(Path(tmp) / n) for n in names}
+        _seal_path(path).unlink(missing_ok=True)
+        for n in names:
+            os.replace(Path(tmp) / n, path.with_name(n))
+        seal_tmp = Path(tmp) / "seal"
+        seal_tmp.write_text(json.dumps({"sha256": hashes, "export_version": EXPORT_VERSION}, indent=1))
+        os.replace(seal_tmp, _seal_path(path))
+
+
 def exported_file(model: nn.Module, name: str, folder: str | os.PathLike) -> Path:
     """The export of ``model`` for backend ``name`` in ``folder``, made if not there yet:
-    ``<digest>.onnx`` for onnxruntime, ``<digest>.xml`` (+ ``.bin``) for openvino."""
-    folder = Path(folder)
-    digest = model_digest(model)
-    if name == "onnxruntime":
-        path = folder / f"{digest}.onnx"
-        if not path.is_file():
-            logger.info("exporting the network to %s", path)
-            export_onnx(model, path)
-    elif name == "openvino":
-        path = folder / f"{digest}.xml"
-        if not (path.is_file() and path.with_suffix(".bin").is_file()):
-            logger.info("exporting the network to %s", path)
-            export_openvino(model, path)
-    else:
+    ``<digest>.onnx`` for onnxruntime, ``<digest>.xml`` (+ ``.bin``) for openvino, each sealed by
+    ``<file>.sha256.json``. A cached export whose bytes do not match its seal (replaced, truncated,
+    corrupted) is exported again, with a warning, and never used. Call under :func:`_export_lock`."""
+    if name not in _EXPORT_SUFFIXES:
         raise ValueError(f"no export for backend {name!r}")
+    folder = Path(folder)
+    path = folder / f"{model_digest(model)}{_EXPORT_SUFFIXES[name][0]}"
+    problem = verify_export(path, name) if path.exists() else "missing"
+    if problem is not None:
+        if problem != "missing":
+            logger.warning("cached export %s is not used: %s; exporting the network again", path, problem)
+        else:
+            logger.info("exporting the network to %s", path)
+        _export_sealed(model, name, path)
     return path
+
+
+def _cached_backend(model: nn.Module, name: str, folder: Path, precision: str, threads: int | None) -> Backend:
+    with _export_lock(folder, f"{model_digest(model)}.{name}"):
+        path = exported_file(model, name, folder)
+        try:
+            return backend_from_file(path, name, precision, threads)
+        except Exception as err:  # noqa: BLE001 - sealed yet unloadable (e.g. a runtime upgrade): export anew, once
+            logger.warning("cached export %s does not load (%s); exporting the network again", path,
+                           str(err).splitlines()[0] if str(err) else type(err).__name__)
+            _export_sealed(model, name, path)
+            return backend_from_file(path, name, precision, threads)
 
 
 def backend_from_file(path: str | os.PathLike, name: str, precision: str = "fp32",
@@ -303,7 +391,7 @@ def make_backend(model: nn.Module, name: str | None = None, precision: str = "fp
         raise BackendError(_OV_NO_BF16)
     try:
         with _export_folder(cache_dir) as folder:
-            return backend_from_file(exported_file(model, name, folder), name, precision, threads)
+            return _cached_backend(model, name, folder, precision, threads)
     except ExportError as err:
         raise BackendError(str(err)) from None
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from Models.exporting import (  # noqa: F401  (the exporters' names, importable from here as before)
     FORMATS,
@@ -37,7 +39,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="allow arbitrary unpickling (the authors' legacy checkpoints); only for files you trust")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip comparing the exported graph with torch on a synthetic flow")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (never the checkpoint being exported)")
     return p.parse_args(argv)
+
+
+#: what each format writes: the output's required suffix, then the files written beside it
+OUTPUT_SUFFIXES = {"onnx": (".onnx",), "openvino": (".xml", ".bin")}
+
+
+def check_output(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str, overwrite: bool = False) -> None:
+    """Refuse an output that would destroy something: the checkpoint itself (even with ``overwrite``),
+    a name without the format's suffix (``.onnx``; ``.xml`` for openvino, whose ``.bin`` goes beside it),
+    and an existing file unless ``overwrite``. Raises :class:`ExportError` naming the file."""
+    out = Path(out)
+    suffixes = OUTPUT_SUFFIXES[fmt]
+    if out.suffix != suffixes[0]:
+        raise ExportError(f"{out}: an {fmt} export is written to a {suffixes[0]} file"
+                          + (f" (with its {suffixes[1]} beside it)" if len(suffixes) > 1 else "")
+                          + f", got {out.suffix or 'no suffix'!r}")
+    src = Path(ckpt)
+    for target in (out.with_suffix(sfx) for sfx in suffixes):
+        if target.exists() and src.exists() and os.path.samefile(target, src):
+            raise ExportError(f"{target} is the checkpoint being exported; choose another output file")
+        if target.exists() and not overwrite:
+            raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another output file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from Models.CoherenceNets.MethodeB import MethodeB
 
     try:
+        check_output(a.ckpt, a.out, a.format, a.overwrite)
         model = MethodeB.load_from_checkpoint(a.ckpt, trust_checkpoint=a.trust_checkpoint).eval()
         out = export(model, a.out, a.format)
     except (CheckpointError, ExportError) as err:
