@@ -271,8 +271,8 @@ def test_atomic_write_leaves_no_truncated_file(tmp_path, monkeypatch):
 
 def test_motion_ceiling_cli_scores_the_support(tmp_path, capsys):
     from csvflowdatamodule.synthetic import make_synthetic_split
-    from evaluationmodule import motion_ceiling
-    from evaluationmodule.motion_ceiling import motion_support
+    from emseg.app import motion_ceiling
+    from emseg.app.motion_ceiling import motion_support
 
     prefix = make_synthetic_split(tmp_path / "d", "syn", 0, 10, 20, img_size=(48, 80), seed=4)
     means = motion_ceiling.main(["--data_file", prefix, "--steps", "val", "test", "--save_dir", str(tmp_path / "o")])
@@ -289,7 +289,7 @@ def test_motion_ceiling_cli_scores_the_support(tmp_path, capsys):
 
 def test_motion_ceiling_compare_aligns_frames_and_plots(tmp_path, capsys):
     from csvflowdatamodule.synthetic import make_synthetic_split
-    from evaluationmodule import motion_ceiling
+    from emseg.app import motion_ceiling
 
     prefix = make_synthetic_split(tmp_path / "d", "syn", 0, 0, 20, img_size=(48, 80), seed=4)
     ceiling = motion_ceiling.ceiling_scores(prefix, "test")
@@ -319,11 +319,26 @@ def test_motion_ceiling_compare_aligns_frames_and_plots(tmp_path, capsys):
         motion_ceiling.main(["--data_file", prefix, "--compare", "nolabel"])
 
 
+def test_motion_ceiling_old_path_is_the_moved_module_and_runs_under_python_m():
+    import subprocess
+    import sys
+
+    import evaluationmodule.motion_ceiling as old
+    from emseg.app import motion_ceiling
+
+    assert old is motion_ceiling
+    root = Path(__file__).resolve().parents[1]
+    for module in ("evaluationmodule.motion_ceiling", "emseg.app.motion_ceiling"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and f"usage: python -m {module} " in out.stdout, out.stderr
+
+
 def test_motion_support_of_a_written_split(tmp_path):
     import cv2
 
     from csvflowdatamodule import synthetic
-    from evaluationmodule import motion_ceiling
+    from emseg.app import motion_ceiling
 
     synthetic.make_synthetic_split(tmp_path, "s", 0, 3, 12, img_size=(32, 48), seed=2)
     out = motion_ceiling.motion_support(tmp_path, "s", "test")

@@ -1,4 +1,5 @@
-"""The composited video benchmark: exact ground truth, determinism, bounded camera, and the scorer.
+"""The composited video benchmark (``emseg.app.video_benchmark``): exact ground truth, determinism,
+bounded camera, the scorer, and the former path ``evaluationmodule.video_benchmark``.
 
 Textures are made here (no opencv-doc needed); frames are tiny (96 × 64, 6 frames).
 """
@@ -8,13 +9,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from evaluationmodule import video_benchmark as vb
+from emseg.app import video_benchmark as vb
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZE = (96, 64)
 N = 6
@@ -85,7 +91,7 @@ def test_same_seed_same_masks_other_seed_differs(tmp_path, textures):
 def test_rerun_keeps_and_other_settings_refused(tmp_path, textures, caplog):
     make(tmp_path / "a", textures, seed=1)
     before = mask_bytes(tmp_path / "a")
-    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+    with caplog.at_level("INFO", logger="emseg.app.video_benchmark"):
         make(tmp_path / "a", textures, seed=1)
     assert "already complete" in caplog.text
     assert mask_bytes(tmp_path / "a") == before
@@ -336,13 +342,64 @@ def test_run_benchmark_runs_times_resumes_and_reports_failures(tmp_path, bench, 
     assert (res.per_sequence["fps"] > 0).all() and res.summary["fps"] > 0
     rec = json.loads((run / "one_textured" / "run.json").read_text())
     assert rec["n_masks"] == N - 1 and rec["returncode"] == 0
-    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+    with caplog.at_level("INFO", logger="emseg.app.video_benchmark"):
         vb.run_benchmark(bench, "dev", run, script=str(script))
     assert caplog.text.count("already done with this command") == 2
     caplog.clear()
-    with caplog.at_level("INFO", logger="evaluationmodule.video_benchmark"):
+    with caplog.at_level("INFO", logger="emseg.app.video_benchmark"):
         vb.run_benchmark(bench, "dev", run, ["--tag", "x"], script=str(script))  # another command: run again
     assert "already done" not in caplog.text
     assert vb.run_benchmark(bench, "dev", run, score_only=True).summary["segment_args"] == ["--tag", "x"]
     with pytest.raises(vb.BenchmarkError, match=r"static_empty: fake_segment.py failed \(exit 1.*asked to fail"):
         vb.run_benchmark(bench, "dev", run, ["--fail"], script=str(script))
+
+
+# ------------------------------------------------------------------------------------------ the module's paths
+def test_old_path_is_the_package_and_exposes_every_name():
+    import evaluationmodule.video_benchmark as old
+
+    assert old is vb
+    for name in vb.__all__:  # the former single module's public names, each from its new home
+        assert getattr(old, name) is getattr(vb, name), name
+    from evaluationmodule.video_benchmark import make_benchmark, score_run  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vb.nope  # noqa: B018
+
+
+# run as a fresh interpreter: MODULE's --help, then which heavy libraries it imported
+HELP_IMPORTS = '''
+import runpy, sys
+sys.argv = ["prog", "--help"]
+try:
+    runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    assert e.code == 0, e.code
+print("heavy:", sorted(m for m in ("torch", "pandas", "matplotlib") if m in sys.modules))
+'''
+
+
+@pytest.mark.parametrize("module", ["evaluationmodule.video_benchmark", "emseg.app.video_benchmark"])
+def test_python_m_help_runs_without_heavy_imports(module):
+    # under -m the old path must run the command line itself (a bare sys.modules alias would run nothing)
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"usage: python -m {module} " in out.stdout and "{make,score,compare}" in out.stdout
+    code = HELP_IMPORTS.replace("MODULE", repr(module))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("heavy: []"), out.stdout
+
+
+def test_masks_are_read_with_the_core_rule(tmp_path):
+    """Foreground where > 0 (``emseg.core.masks``), like every other reader of the project; the
+    generator and segment.py write only 0 / 255, so their scores are those of the former > 127 rule."""
+    img = np.zeros((4, 5), np.uint8)
+    img[1, 2], img[2, 3] = 1, 255
+    Image.fromarray(img).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(vb.read_mask(tmp_path / "m.png", (4, 5), "predicted mask"), img > 0)
+    with pytest.raises(vb.BenchmarkError, match="predicted mask is 5x4, expected the video's 4x5"):
+        vb.read_mask(tmp_path / "m.png", (5, 4), "predicted mask")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(vb.BenchmarkError, match="bad.png: unreadable ground-truth mask"):
+        vb.read_mask(tmp_path / "bad.png", (4, 5), "ground-truth mask")

@@ -1,0 +1,106 @@
+"""A real-footage video benchmark with exact ground truth: real photographs composited into videos.
+
+Each sequence is rendered: the background is a real photograph seen by a moving camera (a smooth,
+bounded affine path — translation, zoom, small rotation — whose window always lies inside the
+photograph, so no border ever comes into view), and 0–2 foreground objects are smooth irregular
+blobs (Fourier-perturbed ellipses) textured from other real photographs, each with its own smooth
+motion relative to the scene. Objects are composited with an anti-aliased alpha; the ground truth
+is exact: a pixel is foreground where its centre lies inside an object's analytic shape (the
+object's alpha > 0.5; the union of the objects). Mild sensor noise is added and each sequence is
+written as an MP4 video (25 fps) with its masks.
+
+    python -m emseg.app.video_benchmark make --out data/videobench [--textures DIR] [--seed 0]
+    python -m emseg.app.video_benchmark score --bench data/videobench --split test \\
+        --out runs/videobench/NAME [--label NAME] [-- <extra segment.py args>]
+    python -m emseg.app.video_benchmark compare runs/videobench/A runs/videobench/B ...
+
+Layout written by ``make``: ``{out}/manifest.json``, ``{out}/{split}/{sequence}/video.mp4``,
+``{out}/{split}/{sequence}/masks/00000.png`` ... (0 / 255, the video's size) and
+``{out}/{split}/{sequence}/sequence.json`` (its description).
+
+``score`` runs ``segment.py --video {video} --out {out}/{sequence} <extra args>`` per sequence and
+scores ``{out}/{sequence}/{t:05d}_binary.png`` for t = 0 … N − 2 (N frames; frame N − 1 too when
+present) against the ground truth: per-frame J (``utils.evaluations.db_eval_iou``, both empty → 1)
+and boundary F (``evaluationmodule.davis_metrics``), means per sequence and over the split.
+
+``python -m evaluationmodule.video_benchmark`` (the module's former path) runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from emseg.app.video_benchmark.layout import DEFAULT_TEXTURES, SPLITS, BenchmarkError
+
+PROG = "python -m emseg.app.video_benchmark"
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """The command line (``make``, ``score``, ``compare``); ``prog`` is the command the help shows (the
+    old module path passes its own). Returns 0; a bad input exits with one line naming the file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log_level", default="INFO")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    mk = sub.add_parser("make", help="render the benchmark")
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--textures", default=str(DEFAULT_TEXTURES), help="folder of the photographs (opencv-doc's)")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--n_frames", type=int, default=48)
+    mk.add_argument("--overwrite", action="store_true", help="replace a benchmark made with other settings")
+    sc = sub.add_parser("score", help="run segment.py --video on a split and score it (extra args after --)")
+    sc.add_argument("--bench", required=True)
+    sc.add_argument("--split", default="test", choices=list(SPLITS))
+    sc.add_argument("--out", required=True, help="run folder (one subfolder per sequence)")
+    sc.add_argument("--label", default=None, help="name in tables and plots (default: the folder's name)")
+    sc.add_argument("--rerun", action="store_true", help="run again sequences already done with the same command")
+    sc.add_argument("--score_only", action="store_true", help="score the masks already in --out, run nothing")
+    sc.add_argument("--bound_th", type=float, default=0.008)
+    cp = sub.add_parser("compare", help="per-sequence J / F of several scored runs side by side")
+    cp.add_argument("runs", nargs="+")
+    cp.add_argument("--plot", default=None, help="bar plot PNG (default: compare_J.png beside the first run)")
+    cp.add_argument("--frames", nargs="+", default=None, metavar="SEQUENCE:FRAME",
+                    help="also draw these frames, one row each, with every run's outline (e.g. zoom_rotate:30)")
+    cp.add_argument("--frames_out", default=None,
+                    help="the frames' figure (PNG; default: compare_frames.png beside the first run)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if extra and args.cmd != "score":
+        p.error("arguments after -- are only for score (they go to segment.py)")
+    # the job's module only now: --help and a bad argument need none of numpy, pandas, torch, matplotlib
+    try:
+        if args.cmd == "make":
+            from emseg.app.video_benchmark.make import make_benchmark
+            man = make_benchmark(args.out, args.textures, args.seed, args.n_frames, args.overwrite)
+            n = sum(len(v) for v in man["sequences"].values())
+            print(f"benchmark: {n} sequences ({', '.join(man['sequences'])}) → {args.out}")
+        elif args.cmd == "score":
+            from emseg.app.video_benchmark.run import run_benchmark
+            from emseg.app.video_benchmark.score import format_table
+
+            res = run_benchmark(args.bench, args.split, args.out, extra, label=args.label, rerun=args.rerun,
+                                score_only=args.score_only, bound_th=args.bound_th)
+            print(format_table(res.per_sequence, res.summary))
+            print(f"→ {Path(args.out) / 'summary.json'}")
+        else:
+            from emseg.app.video_benchmark.compare import compare_frames, compare_runs
+
+            plot = args.plot or str(Path(args.runs[0]).resolve().parent / "compare_J.png")
+            print(compare_runs(args.runs, plot))
+            print(f"plot → {plot}")
+            if args.frames:
+                out = args.frames_out or str(Path(args.runs[0]).resolve().parent / "compare_frames.png")
+                print(f"frames → {compare_frames(args.runs, args.frames, out)}")
+    except (BenchmarkError, OSError) as err:
+        raise SystemExit(f"video_benchmark: {err}") from None
+    return 0
+
