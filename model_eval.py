@@ -11,7 +11,7 @@ All logic lives in emseg/app/evaluation_run.py; see `python model_eval.py --help
 import logging
 import sys
 
-from emseg.app.evaluation_run import parse_args, run_evaluation
+from emseg.app.evaluation_cli import parse_args
 from emseg.app.run_checks import run_cli
 
 
@@ -21,6 +21,10 @@ def main(argv=None) -> int:
     def body() -> int:
         # inside run_cli: a setting that cannot work (ConfigError) is a one-line error, exit code 2
         args = parse_args(argv)
+        # the evaluation's module imports torch and Lightning (5-7 s): only once the flags are parsed, so
+        # that --help and a mistyped flag answer at once
+        from emseg.app.evaluation_run import run_evaluation
+
         results = run_evaluation(args)
         for step, res in results.items():
             if res:

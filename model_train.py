@@ -16,7 +16,7 @@ import logging
 import sys
 
 from emseg.app.run_checks import run_cli
-from emseg.app.training import parse_args, run_training
+from emseg.app.training_cli import parse_args
 
 
 def main(argv=None) -> int:
@@ -25,6 +25,10 @@ def main(argv=None) -> int:
     def body() -> int:
         # inside run_cli: a setting that cannot work (ConfigError) is a one-line error, exit code 2
         args = parse_args(argv)
+        # the run's module imports torch and Lightning (5-7 s): only once the flags are parsed, so that
+        # --help and a mistyped flag answer at once
+        from emseg.app.training import run_training
+
         summary = run_training(args)
         if summary["path_save_model"]:
             jacc = summary["val_jacc"]

@@ -20,16 +20,34 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluationmodule.BinarisationModule import BINARY_METHODS  # noqa: E402
+# The parser's choices come from modules that import neither torch nor pandas nor matplotlib, so that
+# --help (and a mistyped flag) answers at once; the evaluation (evaluationmodule.runner, which imports
+# them all) is imported by main.
+from emseg.core.hparams import BINARY_METHODS  # noqa: E402  (= BinarisationModule.BINARY_METHODS, tested)
 from evaluationmodule.davis_metrics import DECAY_BINNINGS  # noqa: E402
-from evaluationmodule.runner import EvaluationResult, evaluate  # noqa: E402
-from evaluationmodule.ScoreModule import SCORING_METHODS  # noqa: E402
 
-__all__ = ["build_parser", "cli", "evaluate", "main", "new_output_dir", "prediction_dir"]
+if TYPE_CHECKING:
+    from evaluationmodule.runner import EvaluationResult
+
+__all__ = ["build_parser", "cli", "evaluate", "main", "new_output_dir", "prediction_dir"]  # noqa: F822 (__getattr__)
+
+#: ``ScoreModule.SCORING_METHODS``, spelt here because ScoreModule imports torch (2 s); tests/test_startup.py
+#: checks that the two agree
+SCORING_METHODS: tuple[str, ...] = ("db_eval_iou", "bbox_jacc")
+
+
+def __getattr__(name: str) -> Any:
+    """``evaluate`` and ``EvaluationResult`` (the runner's, importable from here as before) on first use."""
+    if name in ("evaluate", "EvaluationResult"):
+        from evaluationmodule import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +117,8 @@ def new_output_dir(pred_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> EvaluationResult:
     """Parse the command line, run ``evaluate`` and print a short table of the summary."""
     args = build_parser().parse_args(argv)
+    from evaluationmodule.runner import evaluate  # torch, pandas, matplotlib: only for a real run
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     else:

@@ -21,6 +21,9 @@ most the batch in flight; ``--resume`` skips frames whose row and files are comp
 checking that the model is the one that wrote them and that each row is still the same frame of
 the CSV. The part files are merged and de-duplicated at the end (the distributed sampler pads
 with repeats). A run without ``--resume`` first removes the step's earlier outputs.
+
+The command line (parser, checks) is ``emseg/app/evaluation_cli.py``, which imports neither torch nor
+Lightning so that ``--help`` is fast; its names are importable from here too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import argparse
 import glob
 import logging
 import os
-import sys
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Subset
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule, collate_skipping
+from emseg.app.evaluation_cli import build_parser, parse_args  # noqa: F401  (the command line, also from here)
 from emseg.app.results import (
     RESULT_COLUMNS,
     RunLock,
@@ -49,15 +52,12 @@ from emseg.app.results import (
 )
 from emseg.app.run_checks import (
     ConfigError,
-    check_cuda,
     check_img_size,
-    check_positive,
     check_writable_dir,
     warn_single_mask,
 )
-from emseg.app.trainer_args import add_trainer_args, make_logger, trainer_kwargs
-from emseg.app.training import OutOfMemoryConfigError, explicit_flags, is_out_of_memory
-from emseg.core import hparams as H
+from emseg.app.trainer_args import make_logger, trainer_kwargs
+from emseg.app.training import OutOfMemoryConfigError, is_out_of_memory
 from emseg.core.atomic_io import atomic_write_text
 from emseg.core.quiet_logs import quiet_library_logs
 from evaluationmodule.core import (  # noqa: F401  (sequence_of, summary_table: also importable from here)
@@ -81,53 +81,6 @@ logger = logging.getLogger(__name__)
 EVAL_COLUMNS = RESULT_COLUMNS + ["index", "sequence"]
 SKIPPED_COLUMNS = ["index", "file_name", "reason"]
 MODELS = {"MethodeB": MethodeB, "ClassicalEM": ClassicalEM}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The evaluation flags; ClassicalEM's, the data's and the Trainer's come from ``emseg/core/hparams.py``."""
-    p = argparse.ArgumentParser(description="Evaluate a trained model (or ClassicalEM) on DataSplit steps.")
-    p.add_argument("--ckpt", default=None, help="checkpoint (.ckpt) of a trained MethodeB")
-    p.add_argument("--model", default="MethodeB", choices=list(MODELS),
-                   help="ClassicalEM needs no checkpoint (the non-learned EM baseline) (default: %(default)s)")
-    p.add_argument("--trust_checkpoint", action="store_true",
-                   help="allow a checkpoint that needs arbitrary unpickling (the authors' legacy files); "
-                        "only for files you trust")
-    p.add_argument("--save_dir", required=True, help="where results and per-frame outputs go")
-    p.add_argument("--steps", nargs="+", default=["test"], choices=["train", "val", "test"],
-                   help="the DataSplit steps to evaluate (default: test)")
-    p.add_argument("--draw_figs", action="store_true", help="a figure per frame")
-    p.add_argument("--save_npy", action="store_true", help="probabilities per frame (L × I × J .npy)")
-    p.add_argument("--save_mask", action="store_true", help="binary mask per frame (.png)")
-    p.add_argument("--binary_method_gen", default=None, choices=list(H.BINARY_METHODS),
-                   help="binarisation of the generated masks (default: the model's)")
-    p.add_argument("--min_motion", type=float, default=0.0,
-                   help="keep a foreground region only if it moves unlike the background's fitted motion by "
-                        "more than this many times the flow's noise (segment.py's default is 2); default 0: "
-                        "the paper's plain binarisation, comparable with published numbers")
-    p.add_argument("--resume", action="store_true", help="skip frames whose outputs are already complete")
-    ClassicalEM.add_specific_args(p)
-    CsvDataModule.add_specific_args(p)
-    add_trainer_args(p, training=False)
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The evaluation settings; raises ConfigError (one line naming the flag) for settings that cannot work."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.explicit = explicit_flags(parser, argv)
-    if args.model == "MethodeB" and args.ckpt is None:
-        raise ConfigError("--ckpt is required for MethodeB (or use --model ClassicalEM)")
-    check_positive(vars(args), {"batch_size": "--batch_size", "nAffineMasks": "--nAffineMasks/-L",
-                                "em_iterations": "--em_iterations"})
-    if args.num_workers is not None and args.num_workers < 0:
-        raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
-    check_img_size(args.img_size)
-    check_cuda(args.accelerator)
-    if args.model == "ClassicalEM":
-        warn_single_mask(args.nAffineMasks)
-    return args
 
 
 def load_model(args: argparse.Namespace) -> pl.LightningModule | ClassicalEM:

@@ -1,5 +1,8 @@
 """Checks of a run's settings made before anything is allocated or written, and the one-line
-errors the entry scripts print for bad input."""
+errors the entry scripts print for bad input.
+
+torch is imported only by the checks that need it, so that importing this module (every entry
+script does, for ``run_cli``) leaves ``--help`` fast."""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ import os
 import tempfile
 from collections.abc import Mapping
 from typing import Any
-
-import torch
 
 from emseg.core.hparams import ConfigError
 
@@ -28,6 +29,8 @@ def min_input_side(num_layers: int) -> int:
 
 def network_parameters(hp: Mapping[str, Any]) -> int:
     """Parameters of the U-Net these hyperparameters describe, counted on the meta device (no memory)."""
+    import torch
+
     from Models.LitBackbone import Backbone
 
     with torch.device("meta"):
@@ -91,7 +94,11 @@ def check_writable_dir(path: str, flag: str) -> None:
 
 
 def check_cuda(accelerator: str | None) -> None:
-    if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+    if str(accelerator).lower() not in ("gpu", "cuda"):
+        return  # no need to import torch (2 s) to accept the CPU
+    import torch
+
+    if not torch.cuda.is_available():
         raise ConfigError(f"--accelerator {accelerator}: no CUDA GPU is visible on this machine; "
                           "use --accelerator cpu (or auto)")
 
@@ -123,7 +130,11 @@ def run_cli(body: Any) -> int:
 
     try:
         return body()
-    except input_error_types() as err:
+    except Exception as err:
+        # input_error_types() imports Lightning and the models: only once an error is there to classify
+        # (an ``except input_error_types()`` clause would be evaluated for the SystemExit of --help too)
+        if not isinstance(err, input_error_types()):
+            raise
         logger.debug("the error in full", exc_info=True)
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -1,4 +1,12 @@
-"""Trainer flags shared by model_train.py and model_eval.py, and their mapping to a pl.Trainer."""
+"""The flags model_train.py and model_eval.py share, and their mapping to a pl.Trainer.
+
+Beside the Trainer's own flags, this declares the model's, the data's and ClassicalEM's flags
+exactly as ``MethodeB.add_specific_args``, ``CsvDataModule.add_specific_args`` and
+``ClassicalEM.add_specific_args`` lay them out (same groups, same order, all from
+``emseg/core/hparams.py``; ``tests/test_startup.py`` checks they agree): those classes import torch
+and Lightning (5-7 s), which a command line must not wait for to parse its flags or print ``--help``.
+Nothing here imports either at module level.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,14 @@ import argparse
 import os
 from typing import Any
 
-import torch
-
 from emseg.core import hparams as H
 from emseg.core.hparams import ConfigError
+
+#: the settings ClassicalEM uses, which its command line takes (``ClassicalEM.CLI_FLAGS``)
+CLASSICAL_EM_FLAGS: tuple[str, ...] = ("nAffineMasks", "param_model", "v_distance", "theta_method",
+                                       "em_iterations")
+#: the groups its settings come from (``ClassicalEM.all_hparam_groups()``)
+CLASSICAL_EM_GROUPS: tuple[type, ...] = (H.NetworkHparams, H.InputHparams, H.LossHparams, H.ClassicalEMHparams)
 
 
 def parse_gpus(values: list[str] | None) -> int | list[int] | None:
@@ -33,10 +45,40 @@ def add_trainer_args(parser: argparse.ArgumentParser, training: bool = True) -> 
     return parser
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """MethodeB's flags (network, U-Net, optimiser, then the coherence loss), as
+    ``MethodeB.add_specific_args`` adds them."""
+    g = parser.add_argument_group("network")  # LitSegmentationModel.add_specific_args
+    H.add_arguments(g, H.NetworkHparams, exclude=["inputs"])
+    H.add_arguments(g, H.UNetHparams)  # UNetAbstract.add_specific_args, into the same group
+    H.add_arguments(g, H.NetworkHparams, only=["inputs"])
+    H.add_arguments(g, H.OptimHparams)
+    H.add_arguments(parser.add_argument_group("coherence loss"), H.LossHparams)  # CoherenceNet's
+    return parser
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The data flags, as ``CsvDataModule.add_specific_args`` adds them."""
+    g = parser.add_argument_group("CsvDataModule")
+    H.add_arguments(g, H.DataHparams, only=["batch_size", "subsample_train"])
+    H.add_arguments(g, H.InputHparams, only=["img_size"])
+    H.add_arguments(g, H.DataHparams, exclude=["batch_size", "subsample_train"])
+    return parser
+
+
+def add_classical_em_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """ClassicalEM's flags, as ``ClassicalEM.add_specific_args`` adds them."""
+    g = parser.add_argument_group("ClassicalEM (with --model ClassicalEM)")
+    H.add_arguments(g, *CLASSICAL_EM_GROUPS, only=CLASSICAL_EM_FLAGS)
+    return parser
+
+
 def accelerator_and_devices(args: argparse.Namespace) -> tuple[str, Any]:
     gpus = parse_gpus(getattr(args, "gpus", None))
     if gpus is None:
         return args.accelerator, args.devices
+    import torch  # here, not at the top: parsing the flags must not wait for torch
+
     if not torch.cuda.is_available():
         raise ConfigError(f"--gpus {' '.join(args.gpus)}: no CUDA GPU is visible on this machine; "
                           f"drop --gpus to train on the CPU (or use --accelerator cpu)")

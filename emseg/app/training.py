@@ -1,14 +1,15 @@
-"""Training: the wiring behind model_train.py, importable by tests and notebooks."""
+"""Training: the wiring behind model_train.py, importable by tests and notebooks.
+
+The command line (parser, ``--config`` replay, checks) is ``emseg/app/training_cli.py``, which
+imports neither torch nor Lightning so that ``--help`` is fast; its names are importable from here too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import glob
 import logging
-import math
 import os
-import sys
-import textwrap
 import time
 from typing import Any
 
@@ -18,17 +19,20 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from csvflowdatamodule.CsvDataModule import CsvDataModule
 from emseg.app.results import RunLock, atomic_write_json
-from emseg.app.run_checks import (
-    check_cuda,
-    check_img_size,
-    check_network,
-    check_positive,
-    check_writable_dir,
-    warn_single_mask,
+from emseg.app.run_checks import check_writable_dir
+from emseg.app.trainer_args import make_logger, trainer_kwargs
+from emseg.app.training_cli import (  # noqa: F401  (the command line's names, also importable from here)
+    REPLAY_SKIPS,
+    build_parser,
+    check_training_args,
+    config_path_of,
+    demo_help,
+    explicit_flags,
+    parse_args,
+    replayed_settings,
 )
-from emseg.app.trainer_args import add_trainer_args, make_logger, trainer_kwargs
 from emseg.core import hparams as H
-from emseg.core.hparams import DEMO_DEFAULTS, PAPER_MAX_EPOCHS, ConfigError
+from emseg.core.hparams import DEMO_DEFAULTS, PAPER_MAX_EPOCHS, ConfigError  # noqa: F401  (re-exported)
 from emseg.core.quiet_logs import allow_run_files_in_checkpoint_dir, quiet_library_logs
 from Models.CoherenceNets.MethodeB import MethodeB
 
@@ -38,111 +42,11 @@ logger = logging.getLogger(__name__)
 RUN_CONFIG_KEY = "run_config"
 #: run state kept on the parsed arguments, never recorded in hparams.json
 NOT_RECORDED = ("demo", "explicit", "config")
-#: where a run goes, not what it computes: a replayed --config never takes these (a replay is a new
-#: run; it must not resume, or write into, the run it replays)
-REPLAY_SKIPS = ("path_save_model", "ckpt_path")
-
-
-def demo_help() -> str:
-    """What --help says about the built-in demo's defaults."""
-    changed = ", ".join(f"--{k} {v}" for k, v in DEMO_DEFAULTS.items())
-    return textwrap.fill(
-        f"Without --data_file the built-in demo runs: a CPU-sized model on the built-in synthetic dataset, and "
-        f"these defaults change (for every flag not given): {changed}. With --data_file, --max_epochs defaults to "
-        f"{PAPER_MAX_EPOCHS} (the paper's) and every other flag to the default shown above.", width=100)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The training flags; every default comes from ``emseg/core/hparams.py``."""
-    parser = argparse.ArgumentParser(
-        description="Train the EM-driven motion segmentation model (MethodeB). Without --data_file it "
-                    "trains a CPU-sized model on the built-in synthetic dataset.",
-        epilog=demo_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, metavar="RUN/hparams.json",
-                        help="replay a run: every setting from its hparams.json (or Lightning's hparams.yaml); "
-                             "flags given here override it. Its path_save_model and ckpt_path are not taken: "
-                             "the replay is a new run (give --path_save_model)")
-    g = parser.add_argument_group("run")
-    H.add_arguments(g, H.RunHparams)
-    H.add_arguments(g, H.InputHparams, only=["flow_width"])
-    MethodeB.add_specific_args(parser)
-    CsvDataModule.add_specific_args(parser)
-    add_trainer_args(parser, training=True)
-    return parser
-
-
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations the user set on the command line (not left at their defaults, wherever those
-    came from). argparse fills in a default only where the namespace it is given has no value, so
-    parsing into a namespace that holds a marker everywhere leaves the marker on every flag not given."""
-    marker = object()
-    probe = argparse.Namespace(**{k: marker for k in vars(parser.parse_args(argv))})
-    parser.parse_args(argv, namespace=probe)
-    return {k for k, v in vars(probe).items() if v is not marker}
-
-
-def config_path_of(argv: list[str]) -> str | None:
-    """``--config PATH`` of a command line (read before the full parse: it sets the defaults)."""
-    probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("--config", default=None)
-    return probe.parse_known_args(argv)[0].config
-
-
-def replayed_settings(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
-    """The settings of the config file at ``path``, checked against this parser's flags (an
-    unknown key or a bad value is a ConfigError naming it and the file), minus ``REPLAY_SKIPS``."""
-    dests = set(vars(parser.parse_args([])))
-    known = {k: s for k, s in H.spec_map(*H.ALL_GROUPS).items() if k in dests}
-    settings = H.check_config(H.read_config(path), path, known)
-    for key in REPLAY_SKIPS:
-        if settings.pop(key, None) is not None:
-            logger.info("--config %s: not taking its %s (a replay is a new run)", path, key)
-    return settings
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The training settings: defaults (``emseg/core/hparams.py``), then ``--config``'s, then the
-    command line's; the demo's defaults fill what none of those set when there is no --data_file.
-    Raises ConfigError (a one-line message naming the flag or file) for settings that cannot work."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    config = config_path_of(argv)
-    replayed = replayed_settings(parser, config) if config else {}
-    parser.set_defaults(**replayed)
-    args = parser.parse_args(argv)
-    args.demo = args.data_file is None
-    args.explicit = explicit_flags(parser, argv) | set(replayed)
-    if args.demo:
-        for key, value in DEMO_DEFAULTS.items():
-            if key not in args.explicit:
-                setattr(args, key, value)
-    elif args.max_epochs is None:
-        args.max_epochs = PAPER_MAX_EPOCHS
-    check_training_args(args)
-    return args
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """Every setting of the run (what ``hparams.json`` records, and ``--config`` replays)."""
     return {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
-
-
-def check_training_args(args: argparse.Namespace) -> None:
-    """Settings that cannot work are refused here, before a folder is made or memory allocated."""
-    hp = vars(args)
-    check_positive(hp, {"batch_size": "--batch_size", "subsample_train": "--subsample_train"})
-    if args.num_workers is not None and args.num_workers < 0:
-        raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
-    check_network(hp)
-    check_img_size(args.img_size, int(hp["unet.num_layers"]))
-    if not float(hp["optim.lr"]) >= 0 or not math.isfinite(float(hp["optim.lr"])):
-        raise ConfigError(f"--optim.lr {hp['optim.lr']}: must be a finite number >= 0")
-    if hp["optim.schedule"] == "cosine" and args.max_epochs is not None and args.max_epochs < 0 \
-            and args.max_steps <= 0:
-        raise ConfigError("--optim.schedule cosine decays over the whole run: give a finite --max_epochs "
-                          f"(got {args.max_epochs}) or --max_steps")
-    check_cuda(args.accelerator)
-    warn_single_mask(args.nAffineMasks)
 
 
 #: flags a resumed run may change: how and how long it runs, not what it computes

@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-FT: dict[str, int] = {"Affine": 3, "Quadratic": 6}
-V_DISTANCES: tuple[str, ...] = ("squared", "l1", "l2")
-THETA_METHODS: tuple[str, ...] = ("IRLS", "OLS", "Optim")
+# the accepted names, defined without torch so that the settings' choices need no torch; re-exported
+from emseg.core.method_names import FT, THETA_METHODS, V_DISTANCES  # noqa: F401
+
 ENTROPY_FLOOR = 1e-4
 
 # Relative ridge added to the normal matrices (of the conditioned basis), by working precision:

@@ -10,9 +10,13 @@ layer may use it.
 from __future__ import annotations
 
 import os
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import Tensor
+
+if TYPE_CHECKING:  # only for the annotations: the readers and writers run without torch (extract_flow)
+    from torch import Tensor
 
 __all__ = ["TAG_FLOAT", "MAX_FLOW_SIDE", "MAX_FLOW_MAGNITUDE", "DataFileError", "read_flow", "write_flow",
            "flow_to_rgb"]
@@ -111,7 +115,8 @@ def write_flow(path: str | os.PathLike, flow: np.ndarray | Tensor) -> None:
     loaders' layout). Values are written as little-endian float32, so the file round-trips
     bit-exactly through :func:`read_flow` and ``flowiz.read_flow``.
     """
-    if isinstance(flow, Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: no need to import it here
+    if torch is not None and isinstance(flow, torch.Tensor):
         if flow.dim() != 3 or flow.shape[0] != 2:
             raise ValueError(f"expected a flow tensor (2, H, W), got {tuple(flow.shape)}")
         arr = flow.detach().cpu().permute(1, 2, 0).numpy()
