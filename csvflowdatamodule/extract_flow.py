@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from emseg.core.atomic_io import atomic_write, atomic_write_image
 from emseg.core.flow_io import TAG_FLOAT, write_flow
+from emseg.core.video_io import fit_width, iter_frames, open_video
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 _HEAD_BYTES = 1 << 20
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: (first frames, second frames), lists of RGB uint8 (H, W, 3) → one flow (H, W, 2) float32 per pair
+BatchFlowFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
 
 
 class SourceMismatchError(RuntimeError):
@@ -94,18 +97,9 @@ def source_signature(video: str | os.PathLike | None = None,
 
 
 def iter_video_frames(video: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Decoded frames of a video, BGR uint8 (H, W, 3)."""
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise ValueError(f"cannot open video {video} with OpenCV")
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            yield frame
-    finally:
-        cap.release()
+    """Decoded frames of a video, BGR uint8 (H, W, 3) (``emseg.core.video_io``, shared with segment.py)."""
+    cap, _ = open_video(video)
+    yield from iter_frames(cap)
 
 
 def _read_bgr(path: Path) -> np.ndarray:
@@ -167,8 +161,8 @@ def raft_missing_weights_message() -> str:
     )
 
 
-def raft_estimator(weights: str | os.PathLike | None, device: str | None = None, iters: int = 12) -> FlowFn:
-    """torchvision RAFT-large with weights loaded from a local state-dict file."""
+def _load_raft(weights: str | os.PathLike | None, device: str | None = None):
+    """torchvision RAFT-large in eval mode on ``device`` (default: cuda if available), weights from a local file."""
     import torch
     from torchvision.models.optical_flow import raft_large
 
@@ -177,26 +171,65 @@ def raft_estimator(weights: str | os.PathLike | None, device: str | None = None,
     if not Path(weights).is_file():
         raise FileNotFoundError(f"RAFT weights file not found: {weights}. {raft_missing_weights_message()}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     model = raft_large(weights=None, progress=False)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = model.eval().to(dev)
+    return model.eval().to(dev), dev
 
-    def to_input(rgb: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().to(dev)
-        return t / 127.5 - 1.0  # [-1, 1], what torchvision's Raft transforms produce
 
-    def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        H, W = a.shape[:2]
+def raft_batch_estimator(weights: str | os.PathLike | None, device: str | None = None,
+                         iters: int = 12) -> BatchFlowFn:
+    """torchvision RAFT-large on batches of frame pairs (one forward pass per group of same-sized pairs).
+
+    The returned function takes two lists of RGB uint8 frames (H, W, 3) and returns one flow
+    (H, W, 2) float32 per pair; RAFT's encoders normalise per sample (instance norm, batch norm in
+    eval mode), so a pair's flow does not depend on the rest of its batch.
+    """
+    import torch
+
+    model, dev = _load_raft(weights, device)
+
+    def to_input(rgbs: Sequence[np.ndarray]) -> torch.Tensor:
+        t = torch.from_numpy(np.stack([np.ascontiguousarray(x) for x in rgbs])).permute(0, 3, 1, 2)
+        return t.float().to(dev) / 127.5 - 1.0  # [-1, 1], what torchvision's Raft transforms produce
+
+    def run(firsts: Sequence[np.ndarray], seconds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        H, W = firsts[0].shape[:2]
         # RAFT needs sides divisible by 8 and at least 128 (its correlation pyramid): pad (replicate).
         ph, pw = max(128, H + (-H) % 8) - H, max(128, W + (-W) % 8) - W
-        x1, x2 = to_input(a), to_input(b)
+        x1, x2 = to_input(firsts), to_input(seconds)
         if ph or pw:
             pad = (0, pw, 0, ph)
             x1 = torch.nn.functional.pad(x1, pad, mode="replicate")
             x2 = torch.nn.functional.pad(x2, pad, mode="replicate")
         with torch.inference_mode():
-            flow = model(x1, x2, num_flow_updates=iters)[-1][0, :, :H, :W]
-        return flow.permute(1, 2, 0).float().cpu().numpy()
+            flow = model(x1, x2, num_flow_updates=iters)[-1][:, :, :H, :W]
+        return list(flow.permute(0, 2, 3, 1).float().cpu().numpy())
+
+    def fn(firsts: Sequence[np.ndarray], seconds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(firsts) != len(seconds):
+            raise ValueError(f"{len(firsts)} first frames for {len(seconds)} second frames")
+        out: list[np.ndarray | None] = [None] * len(firsts)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (a, b) in enumerate(zip(firsts, seconds)):
+            if a.shape != b.shape:
+                raise ValueError(f"pair {i}: frames of different sizes {a.shape[:2]} and {b.shape[:2]}")
+            groups.setdefault(a.shape, []).append(i)
+        for idx in groups.values():
+            for i, f in zip(idx, run([firsts[i] for i in idx], [seconds[i] for i in idx])):
+                out[i] = f
+        return out  # type: ignore[return-value]
+
+    return fn
+
+
+def raft_estimator(weights: str | os.PathLike | None, device: str | None = None, iters: int = 12) -> FlowFn:
+    """torchvision RAFT-large with weights loaded from a local state-dict file."""
+    batch = raft_batch_estimator(weights, device, iters)
+
+    def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return batch([a], [b])[0]
 
     return fn
 
@@ -210,6 +243,20 @@ def make_estimator(method: str, raft_weights: str | os.PathLike | None = None, d
     if method == "raft":
         return raft_estimator(raft_weights, device, raft_iters)
     raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+
+
+def make_batch_estimator(method: str, raft_weights: str | os.PathLike | None = None, device: str | None = None,
+                         raft_iters: int = 12) -> BatchFlowFn:
+    """A :data:`BatchFlowFn` for ``method``: RAFT runs each batch in one forward pass (GPU), DIS and
+    Farneback pair by pair."""
+    if method == "raft":
+        return raft_batch_estimator(raft_weights, device, raft_iters)
+    single = make_estimator(method, raft_weights, device, raft_iters)
+
+    def fn(firsts: Sequence[np.ndarray], seconds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [single(a, b) for a, b in zip(firsts, seconds)]
+
+    return fn
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +274,10 @@ def _flo_is_complete(path: Path, shape: tuple[int, int]) -> bool:
     tag = np.frombuffer(head, "<f4", count=1)[0]
     w, h = np.frombuffer(head, "<i4", count=2, offset=4)
     return bool(tag == TAG_FLOAT and (h, w) == shape)
+
+
+#: the rerun check of a written .flo (size and header), shared with ``csvflowdatamodule.datasets``
+flo_is_complete = _flo_is_complete
 
 
 def _check_manifest(out: Path, expected: dict, overwrite: bool) -> dict | None:
@@ -261,11 +312,9 @@ def _check_manifest(out: Path, expected: dict, overwrite: bool) -> dict | None:
 
 
 def _fit_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
-    """Downscale (area interpolation) a frame wider than ``max_width``, keeping its aspect ratio."""
-    h, w = frame.shape[:2]
-    if not max_width or w <= max_width:
-        return frame
-    return cv2.resize(frame, (int(max_width), max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
+    """Downscale (area interpolation) a frame wider than ``max_width``, keeping its aspect ratio: the
+    one rule of ``emseg.core.video_io.fit_width``, which segment.py --video applies too."""
+    return fit_width(frame, max_width)
 
 
 def _write_frames(out: Path, video, frames, old: dict | None, progress: bool,
