@@ -19,7 +19,6 @@ Conventions (shared with ``model_eval.py --save_npy``):
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
@@ -43,6 +42,7 @@ from evaluationmodule.naming import (  # noqa: F401
     split_name,
     without_ext,
 )
+from evaluationmodule.writers import read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def read_manifest(model_base_dir: str | os.PathLike) -> dict[str, ManifestEntry]
         return None
     entries: dict[str, ManifestEntry] = {}
     for path in paths:
-        with open(path, newline="") as fh:
-            text = fh.read()
-        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-        for rec in csv.DictReader(complete.splitlines(), delimiter="\t"):
+        for rec in read_rows(path, delimiter="\t"):  # CSV-aware: names may hold tabs, newlines, U+2028
             try:
                 shape = tuple(int(x) for x in rec["shape"].split("x"))
                 entries[rec["proba_file"]] = ManifestEntry(rec["proba_file"], rec["flow_file"], rec["proba_sha256"],

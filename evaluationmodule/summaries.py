@@ -16,6 +16,8 @@ file_name, losses, jaccs, masks_usages``) keep their names, which :func:`frame_v
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,6 +26,7 @@ import numpy as np
 
 from evaluationmodule import davis_metrics
 from evaluationmodule.naming import natural_key, sequence_of
+from evaluationmodule.writers import guard_cell
 
 #: the authors' names of per-frame columns (their results files), read as this vocabulary's
 AUTHORS_COLUMNS = {"jacc": "jaccs", "loss": "losses", "Flow": "file_name"}
@@ -142,11 +145,14 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """
     per = sequence_stats(rows, SUMMARY_MEASURES, stats=("mean",))
     overall = overall_summary(rows, per, SUMMARY_MEASURES, stats=("mean",))
-    lines = ["level\tname\tn_frames\t" + "\t".join(SUMMARY_MEASURES) + "\tmean_over"]
+    table = [["level", "name", "n_frames", *SUMMARY_MEASURES, "mean_over"]]
     for s in per:
-        lines.append(f"sequence\t{s['sequence']}\t{s['n_rows']}\t"
-                     + "\t".join(f"{s[f'{m}_mean']:.6f}" for m in SUMMARY_MEASURES) + "\tframes")
+        table.append(["sequence", s["sequence"], s["n_rows"], *(f"{s[f'{m}_mean']:.6f}" for m in SUMMARY_MEASURES),
+                      "frames"])
     for name, over in (("all_frames", "frames"), ("all_sequences", "sequences")):
-        lines.append(f"overall\t{name}\t{len(rows)}\t"
-                     + "\t".join(f"{overall[f'{m}_mean_{over}']:.6f}" for m in SUMMARY_MEASURES) + f"\t{over}")
-    return "\n".join(lines) + "\n"
+        table.append(["overall", name, len(rows), *(f"{overall[f'{m}_mean_{over}']:.6f}" for m in SUMMARY_MEASURES),
+                      over])
+    # quoted where a sequence's name holds a tab or a newline, guarded where a spreadsheet would run it
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows([[guard_cell(c) for c in r] for r in table])
+    return buf.getvalue()

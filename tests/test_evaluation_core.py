@@ -218,7 +218,7 @@ def test_row_tables_round_trip_and_survive_a_torn_line(tmp_path, caplog):
                     {"index": "2", "file_name": "c.flo", "reason": "ok"}]
     with open(path, "a") as fh:
         fh.write("3\tpartial")  # a power cut mid-line
-    assert writers.read_rows(path, delimiter="\t") == back and "incomplete last line" in caplog.text
+    assert writers.read_rows(path, delimiter="\t") == back and "incomplete last record" in caplog.text
     writers.rewrite_rows(path, back[:1], ["index", "file_name", "reason"], delimiter="\t")
     assert writers.read_rows(path, delimiter="\t") == back[:1]
     assert writers.read_rows(tmp_path / "none.csv") == []

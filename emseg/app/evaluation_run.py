@@ -4,7 +4,7 @@ Per step (``test``, ``val``) it writes under ``--save_dir``:
 
 - ``results_{step}.csv``: one row per frame (``epoch, step_label, file_name, losses, jaccs,
   masks_usages``, plus ``index`` and ``sequence``), every frame exactly once, in CSV order;
-- ``results_{step}_summary.tsv`` (``evaluationmodule.core.summary_table``): columns ``level, name,
+- ``results_{step}_summary.tsv`` (``evaluationmodule.summaries.summary_table``): columns ``level, name,
   n_frames, loss, jacc, mean_over``: the means per sequence (the folder of the frame's Flow file,
   ``core.sequence_of``, the rule ``evaluationmodule.Evaluation`` uses), then the overall means over
   frames and over sequences, each row labelled;
@@ -60,17 +60,11 @@ from emseg.app.trainer_args import make_logger, trainer_kwargs
 from emseg.app.training import OutOfMemoryConfigError, is_out_of_memory
 from emseg.core.atomic_io import atomic_write_text
 from emseg.core.quiet_logs import quiet_library_logs
-from evaluationmodule.core import (  # noqa: F401  (sequence_of, summary_table: also importable from here)
-    FRAME_SUFFIXES,
-    as_number,
-    frame_value,
-    output_stem,
-    sequence_of,
-    split_name,
-    summary_table,
-)
+from emseg.core.significance import check_min_motion
 from evaluationmodule.DataLoadingModule import MANIFEST_COLUMNS, file_sha256
 from evaluationmodule.frame_outputs import with_parametric_flow, write_frame_outputs
+from evaluationmodule.naming import FRAME_SUFFIXES, output_stem, sequence_of, split_name  # noqa: F401
+from evaluationmodule.summaries import as_number, frame_value, summary_table  # noqa: F401  (also importable here)
 from Models.checkpoint_io import CheckpointError
 from Models.CoherenceNets.ClassicalEM import ClassicalEM
 from Models.CoherenceNets.MethodeB import MethodeB
@@ -86,8 +80,7 @@ MODELS = {"MethodeB": MethodeB, "ClassicalEM": ClassicalEM}
 def load_model(args: argparse.Namespace) -> pl.LightningModule | ClassicalEM:
     """ClassicalEM built from its flags (and --img_size), or MethodeB from ``--ckpt``; binarisation
     from ``--binary_method_gen`` and ``--min_motion``."""
-    if args.min_motion < 0:
-        raise ValueError(f"--min_motion must be >= 0, got {args.min_motion}")
+    check_min_motion(args.min_motion, "--min_motion")
     binarisation = {"binary_method": args.binary_method_gen} if args.binary_method_gen else {}
     if args.min_motion:
         binarisation["min_motion"] = args.min_motion
@@ -196,16 +189,8 @@ class FrameOutputWriter(pl.Callback):
 
 
 def append_tsv(path: str, rows: list[dict], columns) -> None:
-    """Append tab-separated rows (header first if new), fsync'ed like the results."""
-    if not rows:
-        return
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as fh:
-        if new:
-            fh.write("\t".join(columns) + "\n")
-        fh.write("".join("\t".join(str(r[c]) for c in columns) + "\n" for r in rows))
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append tab-separated rows (header first if new), quoted where a name needs it, fsync'ed like the results."""
+    append_rows(path, rows, columns, delimiter="\t")
 
 
 def merge_manifest(save_dir: str, step: str) -> None:
@@ -214,14 +199,11 @@ def merge_manifest(save_dir: str, step: str) -> None:
     parts = sorted(glob.glob(os.path.join(save_dir, f"predictions_{step}.part*.tsv")))
     if not parts:
         return
-    lines: dict[str, str] = {}
+    entries: dict[str, dict] = {}
     for path in ([final] if os.path.exists(final) else []) + parts:
-        with open(path) as fh:
-            text = fh.read()
-        for line in text[: text.rfind("\n") + 1].splitlines()[1:]:
-            lines[line.split("\t", 1)[0]] = line
-    atomic_write_text(final, "\t".join(MANIFEST_COLUMNS) + "\n" + "".join(v + "\n" for v in lines.values()),
-                      fsync=True)
+        for rec in read_rows(path, delimiter="\t"):
+            entries[rec[MANIFEST_COLUMNS[0]]] = rec
+    rewrite_rows(final, list(entries.values()), MANIFEST_COLUMNS, delimiter="\t")
     for path in parts:
         os.remove(path)
 
@@ -274,9 +256,8 @@ def remove_step_outputs(save_dir: str, step: str, dataset) -> None:
 
 
 def read_manifest_file(path: str) -> list[str]:
-    with open(path) as fh:
-        text = fh.read()
-    return [line.split("\t", 1)[0] for line in text[: text.rfind("\n") + 1].splitlines()[1:] if line]
+    """The prediction files a manifest lists (its first column)."""
+    return [rec[MANIFEST_COLUMNS[0]] for rec in read_rows(path, delimiter="\t")]
 
 
 def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args: argparse.Namespace,
