@@ -302,9 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.scores:
             import pandas as pd
 
+            from evaluationmodule.writers import unguard_frame
+
             if not Path(args.scores).is_file():
                 raise ProtocolError(f"--scores: no file {args.scores}")
-            rows = pd.read_csv(args.scores).to_dict("records")
+            rows = unguard_frame(pd.read_csv(args.scores)).to_dict("records")
             res = _finish(rows, args.dataset, args.out, args.label, str(args.scores))
         else:
             if not args.predictions or not args.data_file:

@@ -41,7 +41,7 @@ from evaluationmodule.naming import sequence_of
 from evaluationmodule.SaveModule import write_grouped_bars
 from evaluationmodule.scoring import jaccard
 from evaluationmodule.summaries import sequence_stats
-from evaluationmodule.writers import write_csv
+from evaluationmodule.writers import unguard_frame, write_csv
 
 logger = logging.getLogger(__name__)
 SPLITS = synthetic.SPLITS
@@ -115,7 +115,7 @@ def compare_to_ceiling(ceiling: pd.DataFrame, results: dict[str, str | os.PathLi
         if label in table.columns:
             raise ValueError(f"--compare label {label!r} is used twice or is reserved")
         try:
-            res = pd.read_csv(path, usecols=["file_name", "jaccs"])
+            res = unguard_frame(pd.read_csv(path, usecols=["file_name", "jaccs"]))
         except (OSError, ValueError) as exc:
             raise ValueError(f"--compare {label}={path}: not a per-frame results CSV with file_name and jaccs "
                              f"({exc})") from None

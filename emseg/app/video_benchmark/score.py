@@ -24,7 +24,7 @@ from PIL import Image
 from emseg.app.video_benchmark.layout import BenchmarkError, load_manifest, split_sequences
 from emseg.core.masks import decode_mask
 from evaluationmodule.davis_metrics import db_eval_boundary
-from evaluationmodule.writers import write_csv, write_json
+from evaluationmodule.writers import unguard_frame, write_csv, write_json
 from utils.evaluations import db_eval_iou
 
 logger = logging.getLogger(__name__)
@@ -158,4 +158,4 @@ def load_scored_run(run_dir: str | os.PathLike) -> tuple[str, pd.DataFrame, dict
     if not ps.is_file() or not sm.is_file():
         raise BenchmarkError(f"{d}: not a scored run (no per_sequence.csv / summary.json)")
     summary = json.loads(sm.read_text())
-    return summary.get("label") or d.name, pd.read_csv(ps), summary
+    return summary.get("label") or d.name, unguard_frame(pd.read_csv(ps)), summary
