@@ -336,3 +336,42 @@ def test_classical_em_identity_covers_its_solver():
         args = evaluation_run.parse_args([*argv, "--theta_method", method])
         ids.append(evaluation_run.model_identity(args, evaluation_run.load_model(args))["model_sha256"])
     assert ids[0] != ids[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# segment.py
+# ------------------------------------------------------------------------------------------------
+def test_segment_flags_and_options_derive_from_the_definitions():
+    import segment
+    from csvflowdatamodule.extract_flow import DIS_PRESETS
+    from emseg.app.segment.options import SegmentOptions
+    from emseg.core.significance import DEFAULT_MIN_MOTION
+    from emseg.video import adaptation
+    from Models import backends
+
+    defaults = H.defaults(*H.SEGMENT_GROUPS)
+    args = vars(segment.build_parser().parse_args(["--flow", "x.flo", "--out", "o"]))
+    assert set(args) == set(defaults)
+    assert {k: v for k, v in args.items() if k not in ("flow", "out")} == \
+        {k: v for k, v in defaults.items() if k not in ("flow", "out")}
+    o = SegmentOptions()
+    assert (o.batch_size, o.fusion_weight, o.min_motion, o.adapt_lr, o.adapt_steps, o.precision, o.backend) == \
+        (defaults["batch_size"], defaults["fusion_weight"], defaults["min_motion"], defaults["adapt_lr"],
+         defaults["adapt"], defaults["precision"], defaults["backend"])
+    assert o.temporal is not defaults["no_temporal"] and o.keep_export is not defaults["no_export_cache"]
+    # one definition each: the copies in emseg/core/hparams.py equal the modules' own
+    assert adaptation.DEFAULT_ADAPT_LR == defaults["adapt_lr"] and adaptation.DEFAULT_ADAPT_STEPS == H.ADAPT_STEPS
+    assert DEFAULT_MIN_MOTION == defaults["min_motion"]
+    assert tuple(DIS_PRESETS) == H.DIS_PRESETS
+    assert backends.BACKENDS == H.INFERENCE_BACKENDS and backends.PRECISIONS == H.INFERENCE_PRECISIONS
+    assert "add_argument(" not in (ROOT / "segment.py").read_text()  # every flag from the definitions
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "-1", "x"])
+def test_bounded_numbers_refuse_non_finite_and_out_of_range(text):
+    with pytest.raises(ValueError, match="must be"):
+        H.Bounded(float, low=0)(text)
+    from emseg.core.significance import check_min_motion  # the same rule as --min_motion's parser
+
+    with pytest.raises(ValueError):
+        check_min_motion(text)

@@ -180,6 +180,11 @@ def test_unreadable_videos_give_one_line(tmp_path, small_ckpt, kind, capsys):
     (["--max_width", "-5"], "--max_width must be >= 1"),
     (["--max_width", "0"], "--max_width must be >= 1"),
     (["--min_motion", "-1"], "--min_motion must be >= 0"),
+    (["--min_motion", "nan"], "--min_motion must be a finite number"),
+    (["--fusion_weight", "inf"], "--fusion_weight must be a finite number"),
+    (["--fusion_weight", "-0.5"], "--fusion_weight must be >= 0"),
+    (["--adapt_lr", "0"], "--adapt_lr must be > 0"),
+    (["--batch_size", "two"], "--batch_size must be an integer"),
     (["--adapt", "5"], "--adapt needs --video"),
 ])
 def test_segment_bad_arguments_give_one_line(tmp_path, small_ckpt, args, needle, capsys):
@@ -333,3 +338,44 @@ def test_overlay_blends_each_label_colour_and_outlines_the_foreground():
     assert (out[edge] == 255).all()
     expected = 0.55 * base.astype(np.float64) + 0.45 * PALETTE[labels % len(PALETTE)].astype(np.float64)
     assert np.abs(out[~edge].astype(np.float64) - expected[~edge]).max() <= 0.5 + 1e-6  # rounded
+
+
+def test_help_needs_no_torch():
+    """segment.py --help (and parsing) reads only the settings: no torch, Lightning or backend."""
+    code = ("import sys, segment; segment.build_parser().format_help(); "
+            "heavy = {'torch', 'pytorch_lightning', 'openvino', 'onnxruntime', 'matplotlib'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    run_cli(["-c", code])
+
+
+def test_a_video_source_started_early_gives_the_same_masks(tmp_path, small_ckpt):
+    from emseg.app.segment.model import flow_width_of, peek_hparams
+    from emseg.app.segment.source import VideoSource
+
+    assert peek_hparams(small_ckpt) == torch.load(small_ckpt, weights_only=True)["hyper_parameters"]
+    assert peek_hparams(FLO) is None  # not a checkpoint: the caller waits for the model
+    video = write_clip(tmp_path / "clip.avi", n_frames=6)
+    model = load_segmenter(small_ckpt, device="cpu")
+    opts = SegmentOptions(progress=False, animation=False, save_flows=True)
+    segment_video(model, video, tmp_path / "a", opts)
+    early = VideoSource(video, opts, flow_width_of(model, None)).start()
+    segment_video(model, video, tmp_path / "b", opts, source=early)
+    wrong = VideoSource(video, opts, 40).start()  # not the model's width: computed again
+    segment_video(model, video, tmp_path / "c", opts, source=wrong)
+    for out in ("b", "c"):
+        for t in range(5):
+            assert np.array_equal(cv2.imread(str(tmp_path / "a" / f"{t:05d}_binary.png"), 0),
+                                  cv2.imread(str(tmp_path / out / f"{t:05d}_binary.png"), 0))
+        assert np.array_equal(np.load(tmp_path / "a" / "flows.npz")["flows"],
+                              np.load(tmp_path / out / "flows.npz")["flows"])
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".") or "tmp" in p.name]
+
+
+def test_video_io_is_the_one_downscale_rule():
+    from csvflowdatamodule.extract_flow import _fit_width
+    from emseg.core.video_io import fit_width
+
+    frame = np.random.default_rng(0).integers(0, 255, (75, 101, 3), dtype=np.uint8)
+    for w in (None, 101, 200, 64, 33):
+        assert np.array_equal(fit_width(frame, w), _fit_width(frame, w))
+    assert fit_width(frame, 64).shape == (48, 64, 3) and fit_width(frame, 200) is frame

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from emseg.core.significance import significant_foreground, suppress
 from emseg.video.adaptation import adapt, mean_loss
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow, warp
-from emseg.core.significance import significant_foreground, suppress
 from emseg.video.temporal import align_identities, best_permutation, fuse
 from Models.CoherenceNets.MethodeB import MethodeB
 

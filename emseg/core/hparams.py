@@ -15,14 +15,16 @@ Groups: the model's own (:class:`NetworkHparams`, :class:`UNetHparams`, :class:`
 stores; the run's (:class:`DataHparams`, :class:`TrainerHparams`, :class:`FitHparams`,
 :class:`RunHparams`) are recorded in ``hparams.json`` with them.
 
-Imports nothing of the project but ``emseg.core.coherence_math`` (for the choice lists), so that every
+Imports nothing of the project but ``emseg.core.method_names`` (for the choice lists; no torch), so that every
 layer may read it.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from emseg.core import coherence_math as cm
+from emseg.core import method_names as cm  # the choice lists, without torch (coherence_math re-exports them)
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,11 @@ FLOW_NORMALISATIONS: tuple[str, ...] = ("none", "median", "mean", "max", "znorm"
 FLOW_AUGMENTATIONS: tuple[str, ...] = ("none",) + tuple(
     fam + strength for fam in ("globalmotion", "globalmotionfullquad") for strength in ("light", "medium", "strong"))
 FLOW_NOISE_TARGETS: tuple[str, ...] = ("noisy", "clean")
+#: csvflowdatamodule.extract_flow.DIS_PRESETS (keys)
+DIS_PRESETS: tuple[str, ...] = ("ultrafast", "fast", "medium")
+#: what runs segment.py's network on the CPU, and at which precision: defined here, read by Models/backends.py
+INFERENCE_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+INFERENCE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def int_or_float(v: str) -> int | float:
@@ -64,14 +71,42 @@ def devices(v: str) -> str | int | list[int]:
     return int(v)
 
 
+class Bounded:
+    """A number's parser with its range: ``Bounded(float, low=0)`` takes finite floats >= 0 (NaN and
+    infinities refused). Raises ValueError with a message that the flag's name completes
+    (:func:`add_arguments` turns it into argparse's one-line error ``--NAME must be …``)."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+
+    def __call__(self, text: Any) -> Any:
+        what = "an integer" if self.kind is int else "a number"
+        try:
+            v = self.kind(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {text!r}")
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            raise ValueError(f"must be {'>' if self.low_open else '>='} {self.low:g}, got {v:g}")
+        if self.high is not None and v > self.high:
+            raise ValueError(f"must be <= {self.high:g}, got {v:g}")
+        return v
+
+
 def hp(default: Any, help: str, *, key: str | None = None, flags: Iterable[str] = (),
        choices: Iterable[Any] | None = None, nargs: int | str | None = None, metavar: Any = None,
-       parse: Callable[[str], Any] | None = None, default_help: str | None = None) -> Any:
+       parse: Callable[[str], Any] | None = None, default_help: str | None = None, const: Any = None,
+       required: bool = False) -> Any:
     """A setting: ``default``, ``help``; ``key`` when it differs from the field's name (dotted
-    names), extra ``flags`` (``-L``), ``choices``, ``nargs`` of a list, ``parse`` (the string →
-    value conversion, when not the type itself), ``default_help`` (the default in words)."""
+    names), extra ``flags`` (``-L``), ``choices``, ``nargs`` of a list (or ``'?'`` with ``const``,
+    the value of the bare flag), ``parse`` (the string → value conversion, when not the type itself;
+    a :class:`Bounded` also checks the range), ``default_help`` (the default in words), ``required``.
+    A ``bool | None`` setting is a ``--KEY/--no-KEY`` pair (None: decided later)."""
     meta = {"help": help, "key": key, "flags": tuple(flags), "choices": None if choices is None else tuple(choices),
-            "nargs": nargs, "metavar": metavar, "parse": parse, "default_help": default_help}
+            "nargs": nargs, "metavar": metavar, "parse": parse, "default_help": default_help, "const": const,
+            "required": required}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -240,6 +275,90 @@ class RunHparams:
 
 
 # ------------------------------------------------------------------------------------------------
+# segment.py (emseg/app/segment/): its flags, and the defaults of SegmentOptions
+# ------------------------------------------------------------------------------------------------
+#: segment.py --adapt without a number: test-time adaptation steps (emseg.video.adaptation.DEFAULT_ADAPT_STEPS;
+#: why 10: that module's docstring)
+ADAPT_STEPS = 10
+#: the bundled checkpoint, relative to the repository (emseg/app/segment/model.py:BUNDLED_CKPT)
+BUNDLED_CKPT_NAME = "checkpoints/em_small.ckpt"
+
+
+@dataclass
+class SegmentSourceHparams:
+    """What segment.py reads (one of ``--flow``, ``--flows``, ``--video``) and where it writes."""
+
+    flow: str | None = hp(None, "one .flo (or .npy H×W×2) file")
+    flows: str | None = hp(None, "a directory of .flo/.npy files (a sequence, in name order)")
+    video: str | None = hp(None, "a video file (flow computed with OpenCV)")
+
+
+@dataclass
+class SegmentHparams:
+    """segment.py's model, network and run settings."""
+
+    out: str | None = hp(None, "output directory", required=True)
+    ckpt: str | None = hp(None, "checkpoint, or ClassicalEM (the EM baseline)",
+                          default_help=f"the bundled {BUNDLED_CKPT_NAME}")
+    trust_checkpoint: bool = hp(False, "allow a legacy checkpoint you trust")
+    batch_size: int = hp(8, "flows per network batch", parse=Bounded(int, low=1))
+    device: str | None = hp(None, "cpu or cuda", default_help="cuda if available")
+    backend: str | None = hp(None, "what runs the network on the CPU", choices=INFERENCE_BACKENDS,
+                             default_help="the fastest exact one installed")
+    precision: str = hp("fp32", "bf16 is an opt-in that is not exact (argmax agreement ≥ 99 %, see bench/README.md)",
+                        choices=INFERENCE_PRECISIONS)
+    no_export_cache: bool = hp(False, "export the network for onnxruntime/openvino into a temporary folder, "
+                               "instead of keeping it for the next run in ~/.cache/em_motion_segmentation/exports "
+                               "($XDG_CACHE_HOME)")
+
+
+@dataclass
+class SegmentQualityHparams:
+    """The video-quality stages (emseg/app/segment/stages.py)."""
+
+    no_temporal: bool = hp(False, "segment every frame alone (no identity matching, no fusion with the neighbours)")
+    fusion_weight: float = hp(2.0, "weight of each neighbouring frame (× its flow confidence) against the frame's "
+                              "own 1", parse=Bounded(float, low=0))
+    # emseg.core.significance.DEFAULT_MIN_MOTION (tests/test_hparams.py checks they agree); checked
+    # again by its check_min_motion in SegmentOptions.check
+    min_motion: float = hp(2.0, "keep a foreground region only if it departs from the background's fitted motion "
+                           "by more than this many times the flow's noise; 0 turns it off",
+                           parse=Bounded(float, low=0))
+    adapt: int = hp(0, f"(--video) first fine-tune a copy of the model on the video's flows for STEPS steps "
+                    f"({ADAPT_STEPS} when given without a number)", nargs="?", const=ADAPT_STEPS, metavar="STEPS",
+                    parse=Bounded(int, low=0))
+    adapt_lr: float = hp(1e-4, "learning rate of --adapt (Adam)", parse=Bounded(float, low=0, low_open=True))
+    save_adapted: str | None = hp(None, "keep the adapted weights (a checkpoint)", metavar="PATH",
+                                  default_help="not kept")
+
+
+@dataclass
+class SegmentVideoHparams:
+    """How a video's flow is computed."""
+
+    max_width: int | None = hp(None, "downscale frames to this width before the flow", parse=Bounded(int, low=1),
+                               default_help="the width the model was trained on, recorded in its checkpoint")
+    flow_method: str = hp("dis", "optical flow estimator (OpenCV)", choices=("dis", "farneback"))
+    dis_preset: str = hp("fast", "OpenCV DIS preset", choices=DIS_PRESETS)
+    allow_partial: bool = hp(False, "accept a video that decodes to fewer frames than its header says")
+
+
+@dataclass
+class SegmentOutputHparams:
+    """What segment.py writes besides the masks."""
+
+    overlays: bool | None = hp(None, "{name}_overlay.png per frame", default_help="on for flow files, off for a video")
+    save_proba: bool | None = hp(None, "{name}_proba.npy per frame", default_help="on for flow files, off for a video")
+    save_flows: bool = hp(False, "(--video) keep the flows, in flows.npz (float16)")
+    no_animation: bool = hp(False, "no segmentation.mp4 / segmentation.gif", flags=["--no_gif"])
+
+
+#: segment.py's groups, in the order of its --help
+SEGMENT_GROUPS: tuple[type, ...] = (SegmentSourceHparams, SegmentHparams, SegmentQualityHparams,
+                                    SegmentVideoHparams, SegmentOutputHparams)
+
+
+# ------------------------------------------------------------------------------------------------
 # Reading the definitions
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -311,9 +430,15 @@ def _argparse_kwargs(s: Spec) -> dict[str, Any]:
     m = s.meta
     text = m["help"].replace("%", "%%")
     kw: dict[str, Any] = {"dest": s.key, "default": s.default}
+    if m.get("required"):
+        kw["required"] = True
     if s.type is bool:
         kw["action"] = "store_true"
         kw["help"] = text
+        return kw
+    if _union_args(s.type) == (bool, type(None)):  # --KEY / --no-KEY, None when neither is given
+        kw["action"] = argparse.BooleanOptionalAction
+        kw["help"] = text + (f" (default: {m['default_help']})".replace("%", "%%") if m["default_help"] else "")
         return kw
     if m["default_help"] is not None:
         text += f" (default: {m['default_help']})".replace("%", "%%")
@@ -322,15 +447,30 @@ def _argparse_kwargs(s: Spec) -> dict[str, Any]:
     kw["help"] = text
     item = _list_item(s.type)
     kw["type"] = m["parse"] or (item if item is not None else _scalar_of(s.type))
+    if isinstance(kw["type"], Bounded):
+        kw["type"] = _named(kw["type"], s.flag)
     if kw["type"] is str:
         del kw["type"]
     if m["nargs"] is not None:
         kw["nargs"] = m["nargs"]
+    if m.get("const") is not None:
+        kw["const"] = m["const"]
     if m["choices"] is not None:
         kw["choices"] = list(m["choices"])
     if m["metavar"] is not None:
         kw["metavar"] = m["metavar"]
     return kw
+
+
+def _named(parse: Bounded, flag: str) -> Callable[[str], Any]:
+    """``parse`` for argparse: its ValueError becomes the one-line ``FLAG must be …``."""
+    def typed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{flag} {err}") from None
+    typed.__name__ = parse.kind.__name__  # argparse names the type in some messages
+    return typed
 
 
 def _union_args(t: Any) -> tuple[Any, ...]:

@@ -21,10 +21,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from emseg.core import hparams as H
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADAPT_STEPS = 10
-DEFAULT_ADAPT_LR = 1e-4
+# segment.py's --adapt and --adapt_lr: defined once, with its other settings (emseg/core/hparams.py)
+DEFAULT_ADAPT_STEPS = H.ADAPT_STEPS
+DEFAULT_ADAPT_LR = H.default("adapt_lr", H.SegmentQualityHparams)
 DEFAULT_ADAPT_BATCH = 4
 
 

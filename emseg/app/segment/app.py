@@ -1,0 +1,251 @@
+"""The app behind segment.py: flow files or a video through the stages to masks (the package's
+docstring says which module does what), with counts, timings and the manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from emseg.app.segment.model import flow_width_of, make_predictor, model_device, save_adapted
+from emseg.app.segment.options import FLOW_SUFFIXES, FLOW_WIDTH_HPARAM, SegmentOptions
+from emseg.app.segment.source import VideoError, VideoSource, threaded, video_pairs
+from emseg.app.segment.stages import SequenceStages, Step, pairs_to_steps
+from emseg.app.segment.writers import Progress, Writer, write_flows, write_manifest, write_skipped
+from emseg.core.flow_io import read_flow
+from emseg.video.flow_confidence import resize_flow
+
+logger = logging.getLogger(__name__)
+
+
+def list_flows(flow: str | None = None, flows: str | None = None) -> list[Path]:
+    if flow is not None:
+        p = Path(flow)
+        if not p.is_file():
+            raise FileNotFoundError(f"--flow {flow}: no such file")
+        return [p]
+    d = Path(flows)
+    if not d.is_dir():
+        raise NotADirectoryError(f"--flows {flows}: not a directory")
+    found = sorted(p for p in d.iterdir() if p.suffix.lower() in FLOW_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"--flows {flows}: no .flo or .npy files in it")
+    stems: dict[str, Path] = {}
+    for p in found:
+        if p.stem in stems:
+            raise ValueError(f"--flows {flows}: {stems[p.stem].name} and {p.name} would write the same outputs "
+                             f"({p.stem}_binary.png); keep one of them")
+        stems[p.stem] = p
+    return found
+
+
+def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, frames: Sequence[Path] | None = None,
+                  batch_size: int = 8, gif: bool = True, progress: bool = True,
+                  opts: SegmentOptions | None = None) -> dict:
+    """Segment flow files, in order (a sequence, for the temporal stage); a file that cannot be read
+    is skipped and recorded in ``skipped.csv`` and the manifest. Returns counts and paths."""
+    if opts is None:
+        opts = SegmentOptions(batch_size=batch_size, animation=gif, progress=progress, overlays=True, save_proba=True)
+    opts.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    img_size = tuple(model.hparams["img_size"])
+    predict = make_predictor(model, opts.backend, opts.precision, keep_export=opts.keep_export)
+    stages = SequenceStages(opts, model.hparams.get("param_model", "Quadratic"))
+    writer = Writer(out, opts, fps=None)
+    skipped: list[tuple[str, str]] = []
+    bar = Progress(len(flow_paths), "segmenting", opts.progress)
+    prev_in: torch.Tensor | None = None
+    manifest = {"source": {"type": "flows", "files": len(flow_paths)}, "options": asdict(opts),
+                "status": "in progress"}
+    write_manifest(out, manifest)
+
+    def base_of(k: int, full: np.ndarray):
+        def make() -> np.ndarray:
+            H, W = full.shape[:2]
+            if frames is not None and k < len(frames):
+                return np.array(Image.open(frames[k]).convert("RGB").resize((W, H)))
+            from emseg.core.figures import flow_to_rgb  # matplotlib: only for flow files' overlays
+
+            return flow_to_rgb(torch.from_numpy(full).permute(2, 0, 1))
+        return make
+
+    def emit(steps: list[Step]) -> None:
+        for s in steps:
+            writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
+            bar.update()
+
+    t = 0
+    for start in range(0, len(flow_paths), opts.batch_size):
+        chunk, fulls = [], []
+        for k, p in enumerate(flow_paths[start:start + opts.batch_size], start):
+            try:
+                full = read_flow(str(p))
+                if full.ndim != 3 or full.shape[2] != 2:
+                    raise ValueError(f"expected a flow (H, W, 2), got {full.shape}")
+                if not np.isfinite(full).all():
+                    raise ValueError("non-finite values")
+            except (OSError, ValueError, EOFError) as err:
+                logger.warning("skipped %s: %s", p, err)
+                skipped.append((str(p), str(err)))
+                prev_in = None  # the sequence is broken here
+                continue
+            chunk.append((k, p))
+            fulls.append(full)
+        if not chunk:
+            continue
+        full_t = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() for f in fulls]
+        flows_in = torch.cat([F.interpolate(f, size=img_size, mode="bilinear", align_corners=False)
+                              for f in full_t])
+        pred = predict(flows_in)
+        steps = []
+        for (k, p), full, f_in, pr in zip(chunk, fulls, flows_in, pred):
+            H, W = full.shape[:2]
+            fwd = resize_flow(torch.from_numpy(full).permute(2, 0, 1)[None].float(), img_size, rescale=True)[0]
+            # Without the backward flow, the flow back to the previous frame is taken as minus its
+            # forward flow (exact for a constant motion), and no confidence is known.
+            to_prev = -prev_in if prev_in is not None else None
+            step = Step(t, p.stem, pr, f_in, fwd, to_prev, None, None,
+                        meta={"size": (H, W), "base": base_of(k, full)})
+            t += 1
+            prev_in = fwd
+            steps.append(step)
+        emit(stages.push_many(steps))
+    emit(stages.finish())
+    anim = writer.close()
+    bar.close()
+    if skipped:
+        write_skipped(out, skipped)
+    n_ok = writer.n_written
+    manifest.update(status="complete", n_flows=len(flow_paths), n_segmented=n_ok, n_skipped=len(skipped),
+                    identity_swaps=stages.swaps, regions_kept=stages.kept_regions,
+                    regions_dropped=stages.dropped_regions)
+    write_manifest(out, manifest)
+    result = {"n_flows": n_ok, "n_skipped": len(skipped), "out": str(out)}
+    if "animation" in anim:
+        result["gif" if anim["animation"].endswith(".gif") else "animation"] = anim["animation"]
+    return result
+
+
+def video_flows_at_model_size(video: str | os.PathLike, model, opts: SegmentOptions) -> torch.Tensor:
+    """Every flow of the video as the network reads them: (N, 2, I, J) float32 (for adaptation)."""
+    img_size = tuple(model.hparams["img_size"])
+    stats: dict = {}
+    flows = []
+    bar = Progress(None, "flows for adaptation", opts.progress)
+    lite = SegmentOptions(**{**asdict(opts), "temporal": False, "min_motion": 0.0})
+    for p in threaded(video_pairs(video, lite, flow_width_of(model, opts.max_width), False, stats)):
+        f = torch.from_numpy(p.forward).permute(2, 0, 1)[None]
+        flows.append(F.interpolate(f, size=img_size, mode="bilinear", align_corners=False)[0])
+        bar.update()
+    bar.close()
+    if not flows:
+        raise VideoError(f"--video {video}: fewer than 2 frames decoded, no flow to adapt on")
+    return torch.stack(flows)
+
+
+def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts: SegmentOptions | None = None,
+                  source: VideoSource | None = None, **kw) -> dict:
+    """Segment every frame of ``video`` (the package's docstring); returns counts, timings and paths.
+
+    ``source``: the video's frame pairs already being computed (segment.py starts them before the
+    model loads), used when its flow width is the model's (else stopped, and the video read again).
+
+    Raises :class:`VideoError` when the video decodes to fewer frames than its header announces
+    (after writing what it decoded, with the manifest's status ``partial``), unless
+    ``opts.allow_partial``.
+    """
+    if opts is None:
+        opts = SegmentOptions(**kw)
+    opts.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    if source is not None and (opts.adapt_steps > 0 or source.flow_width != flow_width_of(model, opts.max_width)):
+        logger.info("the flow was started at another width than the model's: computing it again")
+        source.close()
+        source = None
+    if source is None:
+        source = VideoSource(video, opts, flow_width_of(model, opts.max_width))  # fails early on a bad file
+    info = source.info
+    adapt_summary = None
+    if opts.adapt_steps > 0:
+        from emseg.video.adaptation import adapt
+
+        flows = video_flows_at_model_size(video, model, opts)
+        model, adapt_summary = adapt(model, flows, steps=opts.adapt_steps, lr=opts.adapt_lr, progress=opts.progress)
+        if opts.save_adapted:
+            save_adapted(model, opts.save_adapted)
+        del flows
+    t_seg = time.perf_counter()
+    img_size = tuple(model.hparams["img_size"])
+    flow_width = source.flow_width
+    if flow_width is None:
+        logger.warning("the model records no %s and --max_width is not set: the flow is computed at the frames' "
+                       "own size", FLOW_WIDTH_HPARAM)
+    # The decode/flow thread keeps one core busy, so the network gets the others: on 2 cores, one
+    # network thread instead of two took a 720×528 clip from 7.4 to 8.0 frames/s (bench/README.md).
+    net_threads = max(1, torch.get_num_threads() - 1) if model_device(model).type == "cpu" else None
+    # An adapted network is this run's alone: kept, every adapted run would add its export (8 MB) to the cache.
+    keep_export = opts.keep_export and adapt_summary is None
+    predict = make_predictor(model, opts.backend, opts.precision, threads=net_threads, keep_export=keep_export)
+    stages = SequenceStages(opts, model.hparams.get("param_model", "Quadratic"))
+    times = source.times
+    writer = Writer(out, opts, fps=info["fps"] or 25.0, times=times)
+    keep = [] if opts.save_flows else None
+    manifest = {"source": {"type": "video", "path": str(Path(video).resolve()), **info},
+                "options": asdict(opts), "flow_width": flow_width, "network_threads": net_threads,
+                "status": "in progress"}
+    write_manifest(out, manifest)
+    stats = source.stats
+    total = info["frames_in_header"] - 1 if info["frames_in_header"] > 1 else None
+    bar = Progress(total, "segmenting", opts.progress)
+    pairs = source.pairs()
+    n = 0
+
+    def emit(steps: list[Step]) -> None:
+        nonlocal n
+        for s in steps:
+            writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
+            n += 1
+            bar.update()
+
+    for batch in pairs_to_steps(pairs, img_size, predict, opts.batch_size, keep, times):
+        t0 = time.perf_counter()
+        done = stages.push_many(batch)
+        times.add("temporal+significance", t0)
+        emit(done)
+    emit(stages.finish())
+    anim = writer.close()
+    bar.close()
+    if keep:
+        write_flows(out, keep)
+    decoded, header = stats.get("decoded", 0), info["frames_in_header"]
+    if decoded < 2:
+        manifest.update(status="failed", decoded_frames=decoded)
+        write_manifest(out, manifest)
+        raise VideoError(f"--video {video}: {decoded} frame(s) decoded, need at least 2")
+    partial = header > 0 and decoded < header
+    seconds = time.perf_counter() - t_start
+    manifest.update(status="partial" if partial else "complete", decoded_frames=decoded, n_segmented=n,
+                    identity_swaps=stages.swaps, regions_kept=stages.kept_regions,
+                    regions_dropped=stages.dropped_regions, seconds=round(seconds, 3),
+                    segment_fps=round(n / max(time.perf_counter() - t_seg, 1e-9), 3), adaptation=adapt_summary,
+                    stage_seconds=times.as_dict())
+    write_manifest(out, manifest)
+    if partial and not opts.allow_partial:
+        raise VideoError(f"--video {video}: decoded {decoded} of the {header} frames its header announces "
+                         f"(truncated or damaged file); the {n} masks written are in {out}. "
+                         f"Pass --allow_partial to accept a short video")
+    res = {"n_flows": n, "n_frames": decoded, "out": str(out), "seconds": seconds,
+           "fps": manifest["segment_fps"], "adaptation": adapt_summary, "stage_seconds": times.as_dict()}
+    res.update(anim)
+    return res
