@@ -292,8 +292,10 @@ def test_clis_turn_config_errors_into_one_line_and_exit_code_2(tmp_path, capsys)
     assert err == [f"error: --config {bad}: unknown setting 'learning_rate' (not a flag of this command)"]
     assert model_train.main(["--optim.schedule", "cosine", "--max_epochs", "-1"]) == 2
     assert "give a finite --max_epochs" in capsys.readouterr().err
-    assert model_eval.main(["--model", "ClassicalEM", "--save_dir", str(tmp_path / "e"), "-L", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --nAffineMasks/-L 0: must be at least 1"
+    with pytest.raises(SystemExit) as exit_:  # refused by the flag's own range, while parsing
+        model_eval.main(["--model", "ClassicalEM", "--save_dir", str(tmp_path / "e"), "-L", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--nAffineMasks must be >= 1, got 0")
     assert model_eval.main(["--save_dir", str(tmp_path / "e")]) == 2
     assert capsys.readouterr().err.strip() == "error: --ckpt is required for MethodeB (or use --model ClassicalEM)"
     assert not (tmp_path / "e").exists()

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_mask", action="store_true", help="binary mask per frame (.png)")
     p.add_argument("--binary_method_gen", default=None, choices=list(H.BINARY_METHODS),
                    help="binarisation of the generated masks (default: the model's)")
-    p.add_argument("--min_motion", type=float, default=0.0,
+    p.add_argument("--min_motion", type=H.flag_type(H.Bounded(float, low=0), "--min_motion"), default=0.0,
                    help="keep a foreground region only if it moves unlike the background's fitted motion by "
                         "more than this many times the flow's noise (segment.py's default is 2); default 0: "
                         "the paper's plain binarisation, comparable with published numbers")

@@ -57,9 +57,11 @@ INFERENCE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def int_or_float(v: str) -> int | float:
-    """``'2'`` → 2 (a count of batches), ``'0.5'`` → 0.5 (a fraction)."""
+    """``'2'`` → 2 (a count of batches), ``'0.5'`` → 0.5 (a fraction); finite and >= 0."""
     f = float(v)
-    return int(f) if f.is_integer() and "." not in v else f
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(f"expected a count or a fraction >= 0, got {v!r}")
+    return int(f) if f.is_integer() and "." not in str(v) else f
 
 
 def devices(v: str) -> str | int | list[int]:
@@ -79,6 +81,18 @@ class Bounded:
     def __init__(self, kind: type, low: float | None = None, high: float | None = None,
                  low_open: bool = False) -> None:
         self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+
+    def _key(self) -> tuple:
+        return (self.kind, self.low, self.high, self.low_open)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bounded) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Bounded({self.kind.__name__}, low={self.low}, high={self.high}, low_open={self.low_open})"
 
     def __call__(self, text: Any) -> Any:
         what = "an integer" if self.kind is int else "a number"
@@ -119,10 +133,10 @@ def hp(default: Any, help: str, *, key: str | None = None, flags: Iterable[str] 
 class NetworkHparams:
     """The network around the U-Net: masks, backbone, inputs."""
 
-    nAffineMasks: int = hp(2, "number of masks L", flags=["-L"])  # noqa: N815 (the authors' name)
+    nAffineMasks: int = hp(2, "number of masks L", flags=["-L"], parse=Bounded(int, low=1))  # noqa: N815 (the authors' name)
     backbone: str = hp("unet", "unet, or fake: no backbone weights (the input channels repeated), only the head "
                        "learns", flags=["-bb"], choices=BACKBONES)
-    features_backbone: int = hp(32, "channels of the backbone's output (the head's input)")
+    features_backbone: int = hp(32, "channels of the backbone's output (the head's input)", parse=Bounded(int, low=1))
     inputs: list[str] = hp(["Flow"], "network inputs, concatenated on channels", nargs="+", choices=INPUT_TYPES)
 
 
@@ -130,8 +144,9 @@ class NetworkHparams:
 class UNetHparams:
     """The U-Net (``Models/Backbones/unet.UNetAbstract`` owns these flags)."""
 
-    unet_num_layers: int = hp(7, "U-Net levels", key="unet.num_layers")
-    unet_features_start: int = hp(64, "features of the first U-Net level", key="unet.features_start")
+    unet_num_layers: int = hp(7, "U-Net levels", key="unet.num_layers", parse=Bounded(int, low=1))
+    unet_features_start: int = hp(64, "features of the first U-Net level", key="unet.features_start",
+                                 parse=Bounded(int, low=1))
     inner_normalisation: str = hp("InstanceNorm", "normalisation inside the U-Net's convolutions", flags=["-inm"],
                                   choices=NORMALISATIONS)
     train_bn: bool = hp(False, "track running statistics in the norms")
@@ -144,8 +159,8 @@ class OptimHparams:
     """The optimiser and its schedule."""
 
     optim_name: str = hp("Adam", "optimiser", key="optim.name", choices=("Adam", "RMSprop"))
-    optim_lr: float = hp(1e-4, "learning rate", key="optim.lr")
-    optim_weight_decay: float = hp(0.0, "weight decay", key="optim.weight_decay")
+    optim_lr: float = hp(1e-4, "learning rate", key="optim.lr", parse=Bounded(float, low=0, low_open=True))
+    optim_weight_decay: float = hp(0.0, "weight decay", key="optim.weight_decay", parse=Bounded(float, low=0))
     optim_schedule: str = hp("constant", "learning rate over the run: constant (the authors'), or cosine decay to "
                              "zero over max_epochs, stepped every batch", key="optim.schedule",
                              choices=("constant", "cosine"))
@@ -156,10 +171,11 @@ class InputHparams:
     """What the model's input is: its size, and the frame width its flows were computed at."""
 
     img_size: list[int] = hp([128, 224], "size the inputs are resized to", flags=["--image_size"], nargs=2,
-                             metavar=("H", "W"))
+                             metavar=("H", "W"), parse=Bounded(int, low=1))
     flow_width: int | None = hp(None, "width the frames were downscaled to before their flows were computed "
                                 "(extract_flow --max_width); recorded in the checkpoint, so that segment.py --video "
-                                "computes flows at the scale the model was trained on", default_help="not recorded")
+                                "computes flows at the scale the model was trained on", default_help="not recorded",
+                                parse=Bounded(int, low=1))
 
 
 @dataclass
@@ -171,7 +187,8 @@ class LossHparams:
                          choices=cm.V_DISTANCES)
     theta_method: str = hp("IRLS", "M-step solver: IRLS (robust, fast), OLS (weighted least squares), Optim (the "
                            "original's L-BFGS, slow)", choices=cm.THETA_METHODS)
-    entropy_weight: float = hp(0.01, "weight of the entropy term subtracted from the coherence loss")
+    entropy_weight: float = hp(0.01, "weight of the entropy term subtracted from the coherence loss",
+                               parse=Bounded(float))
     binary_method: str = hp("exceptbiggest", "turning L masks into one foreground mask", choices=BINARY_METHODS)
 
 
@@ -179,7 +196,7 @@ class LossHparams:
 class ClassicalEMHparams:
     """The non-learned EM baseline."""
 
-    em_iterations: int = hp(20, "ClassicalEM iterations")
+    em_iterations: int = hp(20, "ClassicalEM iterations", parse=Bounded(int, low=1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,8 +206,8 @@ class ClassicalEMHparams:
 class DataHparams:
     """The data module (``CsvDataModule``)."""
 
-    batch_size: int = hp(10, "samples per batch")
-    subsample_train: int = hp(1, "keep every n-th training sample")
+    batch_size: int = hp(10, "samples per batch", parse=Bounded(int, low=1))
+    subsample_train: int = hp(1, "keep every n-th training sample", parse=Bounded(int, low=1))
     base_dir: str | None = hp(None, "directory the DataSplit paths are relative to",
                               default_help="the current directory")
     data_file: str | None = hp(None, "DataSplit prefix (NAME → NAME_{train,val,test}.csv) or a pattern with '{}'",
@@ -200,10 +217,12 @@ class DataHparams:
     flow_augmentation: str = hp("none", "global motion added to training flows (paper: globalmotionfullquadlight)",
                                 choices=FLOW_AUGMENTATIONS)
     flow_noise: float = hp(0.0, "probability that a training flow gets estimator-like noise blobs, placed in "
-                           "low-texture regions when the split has images (0: off)")
+                           "low-texture regions when the split has images (0: off)",
+                           parse=Bounded(float, low=0, high=1))
     flow_noise_target: str = hp("noisy", "the flow the loss is fitted to under --flow_noise: the noisy one the "
                                 "network sees, or the clean one from before the noise", choices=FLOW_NOISE_TARGETS)
-    num_workers: int | None = hp(None, "DataLoader workers", default_help="the CPUs available, at most 8")
+    num_workers: int | None = hp(None, "DataLoader workers", default_help="the CPUs available, at most 8",
+                                 parse=Bounded(int, low=0))
     strict_data: bool = hp(False, "stop at the first missing or corrupt file instead of skipping the sample")
 
 
@@ -216,13 +235,13 @@ class TrainerHparams:
     accelerator: str = hp("auto", "cpu, gpu, auto …")
     devices: str | int | list[int] = hp("auto", "a count, ids like 0,1, or auto", parse=devices)
     strategy: str = hp("auto", "auto, ddp, ddp_spawn …")
-    num_nodes: int = hp(1, "machines taking part")
+    num_nodes: int = hp(1, "machines taking part", parse=Bounded(int, low=1))
     precision: str = hp("32-true", "32-true, bf16-mixed, 16-mixed …")
     limit_val_batches: int | float = hp(1.0, "validation batches per epoch: a count, or a fraction",
                                         parse=int_or_float)
     limit_test_batches: int | float = hp(1.0, "test batches: a count, or a fraction", parse=int_or_float)
     deterministic: bool = hp(False, "use deterministic algorithms")
-    seed: int = hp(123, "seed of every random generator")
+    seed: int = hp(123, "seed of every random generator", parse=Bounded(int, low=0))
     logger: str = hp("csv", "where metrics and figures go (wandb runs offline, no account needed)",
                      choices=("csv", "tensorboard", "wandb", "none"))
 
@@ -247,14 +266,14 @@ class FitHparams:
 
     max_epochs: int | None = hp(None, "epochs to train (-1: no limit)",
                                 default_help=f"{PAPER_MAX_EPOCHS} (the paper's), {DEMO_DEFAULTS['max_epochs']} in "
-                                             "the demo")
-    max_steps: int = hp(-1, "optimiser steps to train (-1: no limit)")
+                                             "the demo", parse=Bounded(int, low=-1))
+    max_steps: int = hp(-1, "optimiser steps to train (-1: no limit)", parse=Bounded(int, low=-1))
     max_time: str | None = hp(None, "stop after this wall time, DD:HH:MM:SS (checkpoints kept)",
                               default_help="no limit")
     limit_train_batches: int | float = hp(1.0, "training batches per epoch: a count, or a fraction",
                                           parse=int_or_float)
-    check_val_every_n_epoch: int = hp(1, "validate every n epochs")
-    log_every_n_steps: int = hp(50, "log the training metrics every n steps")
+    check_val_every_n_epoch: int = hp(1, "validate every n epochs", parse=Bounded(int, low=1))
+    log_every_n_steps: int = hp(50, "log the training metrics every n steps", parse=Bounded(int, low=1))
     fast_dev_run: int | float = hp(0, "run N batches of train and val to check the setup (nothing saved)",
                                    parse=int_or_float)
     ckpt_path: str | None = hp(None, "resume from a checkpoint; 'last' = PATH_SAVE_MODEL/last.ckpt",
@@ -448,7 +467,7 @@ def _argparse_kwargs(s: Spec) -> dict[str, Any]:
     item = _list_item(s.type)
     kw["type"] = m["parse"] or (item if item is not None else _scalar_of(s.type))
     if isinstance(kw["type"], Bounded):
-        kw["type"] = _named(kw["type"], s.flag)
+        kw["type"] = flag_type(kw["type"], s.flag)
     if kw["type"] is str:
         del kw["type"]
     if m["nargs"] is not None:
@@ -462,15 +481,28 @@ def _argparse_kwargs(s: Spec) -> dict[str, Any]:
     return kw
 
 
-def _named(parse: Bounded, flag: str) -> Callable[[str], Any]:
-    """``parse`` for argparse: its ValueError becomes the one-line ``FLAG must be …``."""
-    def typed(text: str) -> Any:
+class flag_type:  # noqa: N801 - used like a function, argparse's ``type=``
+    """``parse`` for argparse: its ValueError becomes the one-line ``FLAG must be …``. Two of them are
+    equal when they parse alike (parsers built twice compare equal)."""
+
+    def __init__(self, parse: Bounded, flag: str) -> None:
+        self.parse, self.flag = parse, flag
+        self.__name__ = parse.kind.__name__  # argparse names the type in some messages
+
+    def __call__(self, text: str) -> Any:
         try:
-            return parse(text)
+            return self.parse(text)
         except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{flag} {err}") from None
-    typed.__name__ = parse.kind.__name__  # argparse names the type in some messages
-    return typed
+            raise argparse.ArgumentTypeError(f"{self.flag} {err}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, flag_type) and (self.parse, self.flag) == (other.parse, other.flag)
+
+    def __hash__(self) -> int:
+        return hash((self.parse, self.flag))
+
+    def __repr__(self) -> str:
+        return f"flag_type({self.parse!r}, {self.flag!r})"
 
 
 def _union_args(t: Any) -> tuple[Any, ...]:
@@ -496,11 +528,18 @@ def _scalar_of(t: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 def coerce(s: Spec, value: Any) -> Any:
     """``value`` (read from a JSON/YAML file) as setting ``s`` takes it; ValueError if it cannot."""
-    if isinstance(value, str) and s.meta["parse"] is not None:
-        value = s.meta["parse"](value)
+    if isinstance(value, str) and s.meta["parse"] is not None and not isinstance(s.meta["parse"], Bounded):
+        value = s.meta["parse"](value)  # a flag's text form (devices "0,1"); a number must be a number
     out = _as_type(value, s.type)
     if out is _NO:
         raise ValueError(f"expected {_type_name(s.type)}, got {value!r}")
+    parse = s.meta["parse"]
+    if isinstance(parse, Bounded) or parse is int_or_float:
+        # a number read from a file gets the flag's range check too (JSON's NaN and Infinity included)
+        check = parse if isinstance(parse, Bounded) else (lambda v: int_or_float(repr(v)))
+        for v in (out if isinstance(out, list) else [out]):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                check(v)
     choices = s.meta["choices"]
     if choices is not None:
         bad = [v for v in (out if isinstance(out, list) else [out]) if v not in choices]
@@ -550,26 +589,113 @@ def _type_name(t: Any) -> str:
     return " or ".join(names)
 
 
+#: the largest settings file read (a run's hparams.json is a few kB)
+MAX_CONFIG_BYTES = 1 << 20
+#: how deep a settings file may nest (settings are flat: a value is a scalar or a short list)
+MAX_CONFIG_DEPTH = 8
+#: YAML aliases a settings file may use (Lightning's hparams.yaml uses none; a few cost nothing, an
+#: "alias bomb" of nested aliases would expand to gigabytes)
+MAX_YAML_ALIASES = 32
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON ``text`` (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"the key {dup!r} appears more than once")
+    return dict(pairs)
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused and aliases and nesting bounded (ValueError)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):  # noqa: ANN001 - yaml's signature
+            if self.check_event(yaml.AliasEvent):
+                BoundedLoader.aliases += 1
+                if BoundedLoader.aliases > MAX_YAML_ALIASES:
+                    raise ValueError(f"more than {MAX_YAML_ALIASES} YAML aliases")
+            self._depth = getattr(self, "_depth", 0) + 1
+            try:
+                if self._depth > MAX_CONFIG_DEPTH:
+                    raise ValueError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001 - yaml's signature
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    if key in seen:
+                        raise ValueError(f"the key {key!r} appears more than once")
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    BoundedLoader.aliases = 0
+    return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings a run recorded: its ``hparams.json``, or a Lightning ``hparams.yaml``."""
+    """The settings a run recorded: its ``hparams.json``, or a Lightning ``hparams.yaml``.
+
+    Read safely: at most :data:`MAX_CONFIG_BYTES`, nested at most :data:`MAX_CONFIG_DEPTH` levels, YAML
+    through a safe loader with at most :data:`MAX_YAML_ALIASES` aliases; a key given twice is refused
+    (JSON and YAML would silently keep the last). Any of these is a one-line ConfigError."""
     path = os.fspath(path)
     try:
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--config {path}: {size} bytes; a settings file is at most {MAX_CONFIG_BYTES} bytes")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as err:
         raise ConfigError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     is_yaml = path.endswith((".yaml", ".yml"))
-    if is_yaml:
-        import yaml
-
-        errors: tuple[type[BaseException], ...] = (yaml.YAMLError,)
-    else:
-        errors = (ValueError,)
+    kind = "YAML" if is_yaml else "JSON"
     try:
-        data = yaml.safe_load(text) if is_yaml else json.loads(text)
-    except errors as err:
-        raise ConfigError(f"--config {path}: not valid {'YAML' if is_yaml else 'JSON'} "
-                          f"({str(err).splitlines()[0]})") from None
+        if is_yaml:
+            data = _yaml_load(text)
+        else:
+            if _json_depth(text) > MAX_CONFIG_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+    except (ValueError, RecursionError) as err:  # yaml.YAMLError is not a ValueError: caught below
+        raise ConfigError(f"--config {path}: not valid {kind} "
+                          f"({(str(err).splitlines() or [type(err).__name__])[0][:200]})") from None
+    except Exception as err:  # noqa: BLE001 - yaml.YAMLError, without importing yaml for JSON files
+        if type(err).__module__.split(".")[0] != "yaml":
+            raise
+        raise ConfigError(f"--config {path}: not valid {kind} "
+                          f"({(str(err).splitlines() or [type(err).__name__])[0][:200]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of setting → value, got {type(data).__name__}")
     return data
