@@ -63,7 +63,7 @@ def test_a_plain_settings_file_still_reads(tmp_path):
 @pytest.mark.parametrize("key,value,message", [
     ("entropy_weight", float("nan"), "must be a finite number"),
     ("optim.weight_decay", float("inf"), "must be a finite number"),
-    ("optim.lr", 0.0, "must be > 0"),
+    ("optim.lr", -1.0, "must be >= 0"),
     ("batch_size", 0, "must be >= 1"),
     ("img_size", [64, -1], "must be >= 1"),
     ("limit_train_batches", float("nan"), "count or a fraction"),

@@ -52,7 +52,9 @@ def error_of(main, argv: list[str], capsys) -> tuple[int, str]:
 
 
 def one_error_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.startswith("error") or "Traceback" in ln or ln.startswith("--")]
+    # ours ("error: ...") or argparse's for a flag refused while parsing ("prog: error: argument ...")
+    lines = [ln for ln in text.splitlines() if ln.startswith("error") or ": error: " in ln or "Traceback" in ln
+             or ln.startswith("--")]
     assert len(lines) == 1 and "Traceback" not in text, text
     return lines[0]
 
@@ -253,11 +255,11 @@ def test_resume_refuses_changed_flags_and_keeps_the_record(split, tmp_path, caps
 # One-line errors (training)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, named", [
-    (["--img_size", "0", "0"], "--img_size 0 0"),
-    (["--img_size", "-16", "32"], "--img_size -16 32"),
+    (["--img_size", "0", "0"], "--img_size must be >= 1"),
+    (["--img_size", "-16", "32"], "--img_size must be >= 1"),
     (["--img_size", "3", "32"], "needs both sides >= 4"),
-    (["--batch_size", "0"], "--batch_size 0"),
-    (["-L", "0"], "--nAffineMasks/-L 0"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["-L", "0"], "--nAffineMasks must be >= 1"),
     (["--unet.features_start", "100000"], "--unet.features_start 100000"),
 ])
 def test_impossible_settings_are_one_line_errors_and_leave_no_folder(split, tmp_path, capsys, flags, named):
@@ -505,7 +507,8 @@ def test_eval_out_of_memory_and_bad_flags_are_one_line_errors(split, tmp_path, m
 
     base, prefix = split
     ckpt = tiny_checkpoint(tmp_path / "a.ckpt")
-    for flags, named in ((["--batch_size", "0"], "--batch_size 0"), (["--model", "ClassicalEM", "-L", "0"], "-L 0")):
+    for flags, named in ((["--batch_size", "0"], "--batch_size must be >= 1"),
+                         (["--model", "ClassicalEM", "-L", "0"], "--nAffineMasks must be >= 1")):
         code, err = error_of(model_eval.main, [*eval_argv(ckpt, tmp_path / "ev", base, prefix), *flags], capsys)
         assert code != 0 and named in one_error_line(err)
     text = tmp_path / "notes.ckpt"

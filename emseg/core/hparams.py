@@ -159,7 +159,7 @@ class OptimHparams:
     """The optimiser and its schedule."""
 
     optim_name: str = hp("Adam", "optimiser", key="optim.name", choices=("Adam", "RMSprop"))
-    optim_lr: float = hp(1e-4, "learning rate", key="optim.lr", parse=Bounded(float, low=0, low_open=True))
+    optim_lr: float = hp(1e-4, "learning rate", key="optim.lr", parse=Bounded(float, low=0))
     optim_weight_decay: float = hp(0.0, "weight decay", key="optim.weight_decay", parse=Bounded(float, low=0))
     optim_schedule: str = hp("constant", "learning rate over the run: constant (the authors'), or cosine decay to "
                              "zero over max_epochs, stepped every batch", key="optim.schedule",
