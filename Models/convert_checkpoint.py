@@ -16,10 +16,7 @@ import logging
 import os
 import sys
 
-import torch
-
-from emseg.core.atomic_io import atomic_write
-from Models.checkpoint_io import CheckpointError, read_checkpoint, sanitise_for_safe_load
+from Models.checkpoint_io import CheckpointError, read_checkpoint, sanitise_for_safe_load, save_checkpoint_file
 
 INFERENCE_KEYS = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
 
@@ -37,12 +34,9 @@ def convert_checkpoint(src: str, dst: str, overwrite: bool = False, inference_on
     ckpt = sanitise_for_safe_load(read_checkpoint(src, trust=trust))
     if inference_only:
         ckpt = {k: v for k, v in ckpt.items() if k in INFERENCE_KEYS}
-
-    def save_and_prove(tmp) -> None:
-        torch.save(ckpt, tmp)
-        torch.load(tmp, map_location="cpu", weights_only=True)  # loads safely, or is never published
-
-    atomic_write(dst, save_and_prove)
+    # written then renamed, and proved to load weights-only before it is published; a full disk is
+    # DiskFullError (one line naming dst), and dst, if it was there, is left as it was
+    save_checkpoint_file(ckpt, dst, verify=True)
     return ckpt
 
 
@@ -59,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         ckpt = convert_checkpoint(args.src, args.dst, args.overwrite, args.inference_only, args.trust_checkpoint)
-    except (CheckpointError, FileExistsError) as err:
+    except (CheckpointError, OSError) as err:  # OSError: FileExistsError, DiskFullError, unreadable SRC
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst}: {len(ckpt['state_dict'])} tensors, keys {sorted(ckpt)}")

@@ -16,7 +16,15 @@
 - ``manifest.json``: the source (video path, size and a hash of its first MiB; or the frames
   directory and a hash of its file names and sizes), method and gap. A rerun on the same source
   skips the flows already written; a rerun with another source, method or gap into the same
-  directory is an error unless ``--overwrite`` (which deletes the previous outputs).
+  directory is an error unless ``--overwrite``, which removes the previous extraction's outputs
+  first: only the files extract_flow names (``frames/NNNNN.png``, ``flows/NNNNN.flo``,
+  ``masks/NNNNN.png``), the CSVs and the manifest its manifest lists, never a file under one of its
+  inputs or this run's, nor any other file (a folder of outputs without a manifest is not removed).
+
+No run writes over its own input: an input (``--video``, ``--frames``, ``--masks``) inside one of
+the places written (``OUT/frames``, ``OUT/flows``, ``OUT/masks``, the manifest, the CSVs) is refused
+with one line naming both; ``--out`` may hold the inputs elsewhere (``--video OUT/clip.mp4``,
+``--frames OUT/raw``, even ``--frames OUT``: the outputs go into its sub-folders).
 
 Methods: ``dis`` (OpenCV DIS, the offline default), ``farneback`` (OpenCV) and ``raft``
 (torchvision's RAFT-large; needs a local weights file passed with ``--raft_weights``).
@@ -40,7 +48,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from emseg.core.atomic_io import atomic_write, atomic_write_image
+from emseg.core.atomic_io import atomic_write, atomic_write_image, atomic_write_text
 from emseg.core.flow_io import TAG_FLOAT, write_flow
 from emseg.core.video_io import fit_width, iter_frames, open_video
 
@@ -60,6 +68,43 @@ BatchFlowFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.nda
 
 class SourceMismatchError(RuntimeError):
     """The output directory holds another source's (or method's, or gap's) outputs."""
+
+
+class InputOverlapError(ValueError):
+    """An input lies where the extraction writes (it would be overwritten or removed)."""
+
+
+#: the sub-folders of --out the extraction writes, and the names it gives the files there
+OUTPUT_DIRS: dict[str, re.Pattern] = {"frames": re.compile(r"\d{5}\.png"), "flows": re.compile(r"\d{5}\.flo"),
+                                      "masks": re.compile(r"\d{5}\.png")}
+
+
+def _inside(path: Path, place: Path) -> bool:
+    return path == place or place in path.parents
+
+
+def written_places(out: Path, data_file: str) -> list[Path]:
+    """Where an extraction into ``out`` writes: its sub-folders, the manifest and the DataSplit CSVs."""
+    names = [f"{name}_{split}.csv" for name in (data_file, f"{data_file}_labelled") for split in SPLITS]
+    return [out / d for d in OUTPUT_DIRS] + [out / MANIFEST] + [out / n for n in names]
+
+
+def check_inputs_outside_outputs(out: str | os.PathLike, data_file: str, **inputs: str | os.PathLike | None) -> None:
+    """Refuse an input (``video=…``, ``frames=…``, ``masks=…``) that equals or lies inside a place the
+    extraction writes: it would be overwritten, or removed by ``--overwrite``."""
+    out_dir = Path(os.path.realpath(out))
+    places = written_places(out_dir, data_file)
+    for flag, value in inputs.items():
+        if value is None:
+            continue
+        path = Path(os.path.realpath(value))
+        # only inside: an input folder holding --out's places is left untouched (its own files are not
+        # listed again, the outputs go into sub-folders or are not images)
+        hit = next((place for place in places if _inside(path, place)), None)
+        if hit is not None:
+            raise InputOverlapError(
+                f"--{flag} {value} is where --out {out} writes ({hit}): the extraction would write over its own "
+                f"input; choose another --out (the input may be elsewhere inside it, e.g. {out_dir / 'raw'})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,8 +325,10 @@ def _flo_is_complete(path: Path, shape: tuple[int, int]) -> bool:
 flo_is_complete = _flo_is_complete
 
 
-def _check_manifest(out: Path, expected: dict, overwrite: bool) -> dict | None:
-    """Raise on another source's outputs (unless overwrite, then delete them); return the old manifest."""
+def _check_manifest(out: Path, expected: dict, overwrite: bool,
+                    inputs: Sequence[str | os.PathLike] = ()) -> dict | None:
+    """Raise on another source's outputs (unless overwrite, then remove the files the earlier
+    extraction wrote, never one under ``inputs``); return the old manifest."""
     mpath = out / MANIFEST
     old = None
     if mpath.is_file():
@@ -295,20 +342,58 @@ def _check_manifest(out: Path, expected: dict, overwrite: bool) -> dict | None:
         if diffs:
             conflict = (f"{out} holds the outputs of another extraction (differs in {diffs}: "
                         f"was {[old.get(k) for k in diffs]}, now {[expected[k] for k in diffs]})")
-    elif any((out / d).is_dir() and any((out / d).iterdir()) for d in ("frames", "flows", "masks")):
-        conflict = f"{out} already holds frames/flows/masks without a {MANIFEST}"
+    elif any((out / d).is_dir() and any((out / d).iterdir()) for d in OUTPUT_DIRS):
+        raise SourceMismatchError(
+            f"{out} already holds frames/flows/masks without a {MANIFEST}: they are not an extraction's outputs "
+            "this tool can account for, so even --overwrite leaves them; use another --out, or move them")
     if conflict is None:
         return old
     if not overwrite:
         raise SourceMismatchError(conflict + ": use another --out, or --overwrite to replace them")
-    logger.warning("%s: overwriting", conflict)
-    for d in ("frames", "flows", "masks"):
-        shutil.rmtree(out / d, ignore_errors=True)
-    if old and isinstance(old.get("csv_files"), list):
-        for name in old["csv_files"]:
-            (out / name).unlink(missing_ok=True)
-    mpath.unlink(missing_ok=True)
+    # the earlier extraction's inputs are protected too (it may have been run before inputs were checked)
+    protected = [Path(os.path.realpath(p)) for p in inputs if p is not None]
+    for key in ("source", "masks"):
+        value = old.get(key)
+        earlier = value.get("path") if isinstance(value, dict) else value
+        if isinstance(earlier, str) and earlier:
+            protected.append(Path(os.path.realpath(earlier)))
+    # an earlier input inside a place written (a run from before inputs were checked): its files and this
+    # run's would mix, and removing them would destroy it
+    places = [Path(os.path.realpath(place)) for place in (out / d for d in OUTPUT_DIRS)]
+    mixed = next((p for p in protected if any(_inside(p, place) for place in places)), None)
+    if mixed is not None:
+        raise SourceMismatchError(f"{conflict}, and its input {mixed} lies in {out}'s outputs: --overwrite "
+                                  "would remove it; move it out of --out first, or use another --out")
+    removed = _remove_earlier_outputs(out, old, protected)
+    logger.warning("%s: --overwrite: removed its %d files", conflict, removed)
     return None
+
+
+def _remove_earlier_outputs(out: Path, old: dict, protected: Sequence[Path]) -> int:
+    """Remove what the earlier extraction (manifest ``old``) wrote in ``out``: the files named as
+    extract_flow names them in its sub-folders, the CSVs its manifest lists and the manifest; never a
+    file under ``protected``. A sub-folder left empty goes too. Returns how many files went."""
+    candidates = [f for d, pattern in OUTPUT_DIRS.items() if (out / d).is_dir()
+                  for f in (out / d).iterdir() if f.is_file() and pattern.fullmatch(f.name)]
+    csv_names = old.get("csv_files") if isinstance(old.get("csv_files"), list) else []
+    candidates += [out / name for name in csv_names
+                   if isinstance(name, str) and "/" not in name and os.sep not in name and (out / name).is_file()]
+    candidates.append(out / MANIFEST)
+    n = 0
+    for f in candidates:
+        real = Path(os.path.realpath(f))
+        if any(_inside(real, p) for p in protected):
+            logger.warning("--overwrite: keeping %s, an input of an extraction", f)
+            continue
+        if f.exists():
+            f.unlink()
+            n += 1
+    for d in OUTPUT_DIRS:
+        try:
+            (out / d).rmdir()
+        except OSError:  # not empty (files extract_flow does not name live there) or absent
+            pass
+    return n
 
 
 def _fit_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
@@ -383,6 +468,8 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
     gap = int(gap)
     if not data_file or os.sep in data_file or (os.altsep and os.altsep in data_file):
         raise ValueError(f"data_file must be a plain name (the CSVs go in --out), got {data_file!r}")
+    # before anything is read or written: no run writes over (or removes) its own input
+    check_inputs_outside_outputs(out, data_file, video=video, frames=frames, masks=masks)
     estimator = make_estimator(method, raft_weights, device, raft_iters)  # fail early (RAFT weights)
     source = source_signature(video, frames)
     out_dir = Path(out)
@@ -390,11 +477,12 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
     expected = {"source": source, "method": method, "gap": gap}
     if max_width:  # recorded only when used, so manifests written before the option stay valid
         expected["max_width"] = int(max_width)
-    old = _check_manifest(out_dir, expected, overwrite)
+    old = _check_manifest(out_dir, expected, overwrite, inputs=[p for p in (video, frames, masks) if p is not None])
     manifest = {"version": MANIFEST_VERSION, **expected, "status": "in progress",
+                "masks": str(Path(masks).resolve()) if masks is not None else None,
                 "n_frames": old.get("n_frames") if old else None,
                 "csv_files": sorted(set((old or {}).get("csv_files") or []))}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     n_frames, names = _write_frames(out_dir, video, frames, old, progress, max_width)
     if n_frames <= gap:
@@ -433,8 +521,11 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
     if masks is not None:
         index = _mask_index(masks)
         mdir = out_dir / "masks"
-        shutil.rmtree(mdir, ignore_errors=True)
-        mdir.mkdir()
+        mdir.mkdir(exist_ok=True)
+        # the masks of an earlier run (extract_flow's names only: any other file there is not ours)
+        for f in mdir.iterdir():
+            if f.is_file() and OUTPUT_DIRS["masks"].fullmatch(f.name):
+                f.unlink()
         for t in range(n_flows):
             src = index.get(names[t])
             if src is None and names[t].isdigit():
@@ -455,7 +546,7 @@ def extract_flow(out: str | os.PathLike, video: str | os.PathLike | None = None,
 
     manifest.update(status="complete", n_flows=n_flows, n_masks=len(mask_rel),
                     csv_files=sorted(set(manifest["csv_files"]) | set(written)))
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return {"n_frames": n_frames, "n_flows": n_flows, "computed": computed, "reused": reused,
             "n_masks": len(mask_rel), "data_file": str(out_dir / data_file), "csv_files": written,
             "seconds": time.perf_counter() - t0}

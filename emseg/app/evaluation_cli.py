@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "more than this many times the flow's noise (segment.py's default is 2); default 0: "
                         "the paper's plain binarisation, comparable with published numbers")
     p.add_argument("--resume", action="store_true", help="skip frames whose outputs are already complete")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new evaluation into a --save_dir holding an earlier one removes that evaluation's files "
+                        "first (default: they are moved aside to SAVE_DIR.previous-<UTC time>)")
     add_classical_em_args(p)  # ClassicalEM.add_specific_args, without importing the model
     add_data_args(p)  # CsvDataModule.add_specific_args, likewise
     add_trainer_args(p, training=False)
@@ -60,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(parser, argv)
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite removes the earlier evaluation and --resume continues it: give one of them")
     if args.model == "MethodeB" and args.ckpt is None:
         raise ConfigError("--ckpt is required for MethodeB (or use --model ClassicalEM)")
     check_positive(vars(args), {"batch_size": "--batch_size", "nAffineMasks": "--nAffineMasks/-L",

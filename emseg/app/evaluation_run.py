@@ -20,7 +20,10 @@ Rows are appended (and fsync'ed) per batch to one part file per process, so a cr
 most the batch in flight; ``--resume`` skips frames whose row and files are complete, after
 checking that the model is the one that wrote them and that each row is still the same frame of
 the CSV. The part files are merged and de-duplicated at the end (the distributed sampler pads
-with repeats). A run without ``--resume`` first removes the step's earlier outputs.
+with repeats). A run without ``--resume`` into a ``--save_dir`` holding an earlier evaluation first
+moves that evaluation's files aside to ``SAVE_DIR.previous-<UTC time>``, or removes them with
+``--overwrite`` (``emseg/app/run_folder.py`` says which files), so no earlier prediction survives
+to be scored as if it came from this run.
 
 The command line (parser, checks) is ``emseg/app/evaluation_cli.py``, which imports neither torch nor
 Lightning so that ``--help`` is fast; its names are importable from here too.
@@ -56,6 +59,7 @@ from emseg.app.run_checks import (
     check_writable_dir,
     warn_single_mask,
 )
+from emseg.app.run_folder import EVALUATION, prepare_run_folder
 from emseg.app.trainer_args import make_logger, trainer_kwargs
 from emseg.app.training import OutOfMemoryConfigError, is_out_of_memory
 from emseg.core.atomic_io import atomic_write_text
@@ -228,33 +232,6 @@ def collect_rows(save_dir: str, step: str, flow_at: dict[int, str] | None = None
     return [seen[k] for k in sorted(seen)]
 
 
-def remove_step_outputs(save_dir: str, step: str, dataset) -> None:
-    """A fresh evaluation of ``step`` replaces the previous one: its tables, manifest and every
-    per-frame file it or this split would write, so that no earlier prediction survives to be
-    scored as if it came from this run."""
-    tables = [os.path.join(save_dir, f"results_{step}.csv"),
-              *glob.glob(os.path.join(save_dir, f"results_{step}.part*.csv"))]
-    manifests = [p for p in [os.path.join(save_dir, f"predictions_{step}.tsv"),
-                             *glob.glob(os.path.join(save_dir, f"predictions_{step}.part*.tsv"))] if os.path.exists(p)]
-    stems = {output_stem(save_dir, str(row["Flow"]).strip()) for row in dataset.rows}
-    for path in manifests:
-        stems |= {os.path.join(save_dir, p)[: -len("_proba.npy")] for p in read_manifest_file(path)
-                  if p.endswith("_proba.npy") and not os.path.isabs(p) and ".." not in p.split("/")}
-    old = tables + manifests
-    n = 0
-    for stem in stems:
-        for suffix in FRAME_SUFFIXES.values():
-            if os.path.exists(stem + suffix):
-                os.remove(stem + suffix)
-                n += 1
-    for path in old:
-        if os.path.exists(path):
-            os.remove(path)
-            n += 1
-    if n:
-        logger.info("%s: removed %d files of the previous evaluation (use --resume to continue it)", step, n)
-
-
 def read_manifest_file(path: str) -> list[str]:
     """The prediction files a manifest lists (its first column)."""
     return [rec[MANIFEST_COLUMNS[0]] for rec in read_rows(path, delimiter="\t")]
@@ -280,8 +257,6 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
                            "removed?): evaluated again", step, len(rows) - len(same))
         done = {position[int(r["index"])] for r in same if frame_complete(r, save_dir, args)}
         logger.info("%s: resuming, %d of %d frames already complete", step, len(done), n_total)
-    elif args.is_main:
-        remove_step_outputs(save_dir, step, dataset)
     todo = [i for i in range(n_total) if i not in done]
     writer = FrameOutputWriter(save_dir, step, args.draw_figs, args.save_npy, args.save_mask,
                                base_dir=dm.base_dir, model_sha256=model_sha256)
@@ -347,6 +322,11 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, dict]:
         check_writable_dir(args.save_dir, "--save_dir")
     lock = RunLock(args.save_dir).acquire() if args.is_main else None
     try:
+        if args.is_main and not args.resume:
+            # one evaluation per folder: an earlier one is moved aside (or removed with --overwrite), never mixed
+            inputs = [args.ckpt, *(dm.split_path(step) for step in args.steps)]
+            prepare_run_folder(args.save_dir, EVALUATION, overwrite=bool(getattr(args, "overwrite", False)),
+                               keep=inputs)
         if args.is_main:
             settings = {k: v for k, v in vars(args).items() if k not in ("explicit", "is_main")}
             atomic_write_json(os.path.join(args.save_dir, "eval_settings.json"), {**settings, "identity": identity})

@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from csvflowdatamodule.CsvDataModule import CsvDataModule
 from emseg.app.results import RunLock, atomic_write_json
 from emseg.app.run_checks import check_writable_dir
+from emseg.app.run_folder import TRAINING, prepare_run_folder
 from emseg.app.trainer_args import make_logger, trainer_kwargs
 from emseg.app.training_cli import (  # noqa: F401  (the command line's names, also importable from here)
     REPLAY_SKIPS,
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: the checkpoint entry holding the run's settings (the model's own are its ``hyper_parameters``)
 RUN_CONFIG_KEY = "run_config"
 #: run state kept on the parsed arguments, never recorded in hparams.json
-NOT_RECORDED = ("demo", "explicit", "config")
+NOT_RECORDED = ("demo", "explicit", "config", "overwrite")
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,7 +55,7 @@ RESUME_MAY_CHANGE = frozenset({
     "ckpt_path", "max_epochs", "max_steps", "max_time", "num_workers", "devices", "accelerator", "strategy",
     "num_nodes", "gpus", "logger", "log_every_n_steps", "trust_checkpoint", "limit_val_batches",
     "limit_test_batches", "limit_train_batches", "check_val_every_n_epoch", "precision", "deterministic",
-    "fast_dev_run", "path_save_model", "strict_data", "init_ckpt", "explicit", "demo", "config",
+    "fast_dev_run", "path_save_model", "strict_data", "init_ckpt", "explicit", "demo", "config", "overwrite",
 })
 
 
@@ -171,6 +172,12 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         if _is_rank_zero_process():
             check_writable_dir(save_dir, "--path_save_model")
             lock = RunLock(save_dir).acquire()
+            if args.ckpt_path is None:
+                try:
+                    _make_room_for_a_new_run(save_dir, args, config, dm)
+                except BaseException:
+                    lock.release()
+                    raise
         ckpt_cb = BestCheckpoint(dirpath=save_dir, filename="{epoch}-{epoch_val_loss:.5f}",
                                  monitor="epoch_val_loss", mode="min", save_top_k=1, save_on_train_epoch_end=False)
         last_cb = LastCheckpoint(os.path.join(save_dir, "last.ckpt"), ckpt_cb)
@@ -179,8 +186,12 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
                       last_cb, ckpt_cb]
     try:
         lg = make_logger(args.logger, save_dir, name="logs") if save_dir is not None else False
+        from Models.checkpoint_io import AtomicCheckpointIO
+
+        # every checkpoint Lightning writes (best ones, last.ckpt) goes to a temporary name, then is renamed
         trainer = pl.Trainer(logger=lg, callbacks=callbacks, default_root_dir=save_dir,
-                             enable_checkpointing=ckpt_cb is not None, **trainer_kwargs(args))
+                             enable_checkpointing=ckpt_cb is not None, plugins=[AtomicCheckpointIO()],
+                             **trainer_kwargs(args))
         try:
             # weights_only explicitly: no environment variable can turn a resume into arbitrary unpickling
             trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -208,6 +219,21 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     if save_dir is not None and trainer.is_global_zero:
         atomic_write_json(os.path.join(save_dir, "train_summary.json"), summary)
     return summary
+
+
+def _make_room_for_a_new_run(save_dir: str, args: argparse.Namespace, config: dict[str, Any],
+                             dm: CsvDataModule) -> None:
+    """A new run (no --ckpt_path) into a folder holding an earlier one: the earlier run is moved aside
+    (or removed with --overwrite; ``emseg/app/run_folder.py``). The data's split files are never
+    touched; --init_ckpt, already read, may move with the earlier run, and the record follows it."""
+    splits = [dm.split_path(step) for step in ("train", "val")]
+    previous = prepare_run_folder(save_dir, TRAINING, overwrite=bool(getattr(args, "overwrite", False)),
+                                  keep=splits, movable=[args.init_ckpt])
+    moved = previous.new_location(args.init_ckpt) if previous is not None and args.init_ckpt else None
+    if moved is not None:
+        logger.warning("--init_ckpt %s moved with the earlier run: it is now %s (hparams.json records that)",
+                       args.init_ckpt, moved)
+        args.init_ckpt = config["init_ckpt"] = str(moved)
 
 
 class HparamsWriter(pl.Callback):
@@ -264,7 +290,8 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(pl.Callback):
-    """``last.ckpt`` after every training epoch (validation included), written then renamed.
+    """``last.ckpt`` after every training epoch (validation included), written then renamed (by the
+    Trainer's ``AtomicCheckpointIO`` plugin, as every checkpoint of a run; or here, without it).
 
     Lightning's ``save_last`` only refreshes it when a top-k checkpoint is saved, so a run whose
     last epochs did not improve the monitored loss lost them; and a crash mid-write must not
@@ -279,11 +306,17 @@ class LastCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        tmp = f"{self.path}.tmp"
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes
-        trainer.strategy.barrier("last-checkpoint-written")
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        from Models.checkpoint_io import AtomicCheckpointIO
+
+        if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            # the plugin writes then renames; every rank takes part, rank 0 writes, then a barrier
+            trainer.save_checkpoint(self.path, weights_only=False)
+        else:  # a Trainer built without the plugin (a notebook's): rename a fixed temporary name
+            tmp = f"{self.path}.tmp"
+            trainer.save_checkpoint(tmp, weights_only=False)
+            trainer.strategy.barrier("last-checkpoint-written")
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
         if self.best is not None:
             self.best.flush_removals(trainer)
 

@@ -33,6 +33,9 @@ logger = logging.getLogger("emseg.app.training")
 #: where a run goes, not what it computes: a replayed --config never takes these (a replay is a new
 #: run; it must not resume, or write into, the run it replays)
 REPLAY_SKIPS = ("path_save_model", "ckpt_path")
+#: settings that let a run execute code (a checkpoint unpickled in full): an opt-in that must come from the
+#: command line, never from a file (a replayed --config, hparams.json or hparams.yaml)
+CODE_RUNNING_SETTINGS = ("trust_checkpoint",)
 
 
 def demo_help() -> str:
@@ -54,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replay a run: every setting from its hparams.json (or Lightning's hparams.yaml); "
                              "flags given here override it. Its path_save_model and ckpt_path are not taken: "
                              "the replay is a new run (give --path_save_model)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a new run into a --path_save_model holding an earlier run removes that run's files "
+                             "first (default: they are moved aside to PATH.previous-<UTC time>); never recorded or "
+                             "replayed")
     g = parser.add_argument_group("run")
     H.add_arguments(g, H.RunHparams)
     H.add_arguments(g, H.InputHparams, only=["flow_width"])
@@ -80,15 +87,24 @@ def config_path_of(argv: list[str]) -> str | None:
     return probe.parse_known_args(argv)[0].config
 
 
-def replayed_settings(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+def replayed_settings(parser: argparse.ArgumentParser, path: str,
+                      command_line: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """The settings of the config file at ``path``, checked against this parser's flags (an
-    unknown key or a bad value is a ConfigError naming it and the file), minus ``REPLAY_SKIPS``."""
+    unknown key or a bad value is a ConfigError naming it and the file), minus ``REPLAY_SKIPS``.
+
+    A setting of ``CODE_RUNNING_SETTINGS`` is never taken from the file: one that is on there
+    (``"trust_checkpoint": true``) is a ConfigError unless ``command_line`` (the flags given on the
+    command line) sets it too; one that is off is dropped."""
     dests = set(vars(parser.parse_args([])))
     known = {k: s for k, s in H.spec_map(*H.ALL_GROUPS).items() if k in dests}
     settings = H.check_config(H.read_config(path), path, known)
     for key in REPLAY_SKIPS:
         if settings.pop(key, None) is not None:
             logger.info("--config %s: not taking its %s (a replay is a new run)", path, key)
+    for key in CODE_RUNNING_SETTINGS:
+        if settings.pop(key, None) and key not in command_line:
+            raise ConfigError(f"--config {path}: {key} is on there, and a file cannot allow a checkpoint to run "
+                              f"code: pass --{key} on the command line if you trust the checkpoint")
     return settings
 
 
@@ -99,11 +115,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     config = config_path_of(argv)
-    replayed = replayed_settings(parser, config) if config else {}
+    given = explicit_flags(parser, argv)
+    replayed = replayed_settings(parser, config, command_line=given) if config else {}
     parser.set_defaults(**replayed)
     args = parser.parse_args(argv)
     args.demo = args.data_file is None
-    args.explicit = explicit_flags(parser, argv) | set(replayed)
+    args.explicit = given | set(replayed)
+    if args.overwrite and args.ckpt_path is not None:
+        raise ConfigError(f"--overwrite removes the earlier run and --ckpt_path {args.ckpt_path} continues one: "
+                          "give one of them")
     if args.demo:
         for key, value in DEMO_DEFAULTS.items():
             if key not in args.explicit:
