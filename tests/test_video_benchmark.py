@@ -1,11 +1,13 @@
 """The composited video benchmark (``emseg.app.video_benchmark``): exact ground truth, determinism,
-bounded camera, the scorer, and the former path ``evaluationmodule.video_benchmark``.
+bounded camera, the new roles (and the original seven unchanged), exact motion, flicker and regions, the
+scorer, and the former path ``evaluationmodule.video_benchmark``.
 
 Textures are made here (no opencv-doc needed); frames are tiny (96 × 64, 6 frames).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -29,7 +31,9 @@ ROLES3 = ("static_empty", "one_textured", "two_crossing")
 
 @pytest.fixture(scope="module")
 def textures(tmp_path_factory):
-    """Seven backgrounds per split and three object textures: noise, stripes, a black-framed photo."""
+    """Nine backgrounds per split (one per role) and three object textures: noise, stripes, a black-framed
+    photo. The first seven per split and the objects are drawn as before the new roles (the digest of the
+    original roles' plan below was computed on exactly these files); the two more come from their own RNG."""
     d = tmp_path_factory.mktemp("textures")
     rng = np.random.default_rng(0)
     names = {"dev": [], "test": []}
@@ -49,6 +53,13 @@ def textures(tmp_path_factory):
         img = rng.integers(0, 256, (60 + 10 * i, 80, 3)).astype(np.uint8)
         cv2.imwrite(str(d / f"obj{i}.png"), img)
         objs.append(f"obj{i}.png")
+    extra = np.random.default_rng(1)
+    for split in names:  # the new roles' backgrounds
+        for i in range(7, 9):
+            img = cv2.GaussianBlur(extra.integers(0, 256, (120, 160, 3)).astype(np.uint8), (5, 5), 0)
+            name = f"bg_{split}_{i}.png"
+            cv2.imwrite(str(d / name), img)
+            names[split].append(name)
     return d, names, {"dev": objs, "test": objs}
 
 
@@ -403,3 +414,177 @@ def test_masks_are_read_with_the_core_rule(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(vb.BenchmarkError, match="bad.png: unreadable ground-truth mask"):
         vb.read_mask(tmp_path / "bad.png", (4, 5), "ground-truth mask")
+
+
+# ------------------------------------------------------------------------------------------ the new roles
+def _rounded(x):
+    """JSON-able ``x`` with floats to 6 significant digits (a digest robust to the last bits of libm)."""
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v) for v in x]
+    return x
+
+
+# sha256 of the original seven roles' specs (both splits, seeds 0 and 1, 12 frames, sizes 96×64 and 120×72, on
+# the fixture's first seven backgrounds and three objects), printed by this digest's code run against the
+# generator as it was before the new roles were added (the committed scenes.py, emseg 'core7' era). Any change to
+# how the seven are drawn changes it; on the real textures, `make` before and after that change wrote the same
+# 700 files (videos, masks, sequence.json) for the 14 original sequences.
+CORE7_PLAN_SHA256 = "2f2ac8265f8958b1387b47d203f4dc32e5fcd49796b18303ba6f8216d8fd2f39"
+
+
+def _core7_digest(d, bgs, objs, roles):
+    specs = [s.to_json() for split in ("dev", "test") for seed in (0, 1)
+             for s in vb.plan_split(split, d, seed, n_frames=12, backgrounds=bgs[split][:len(roles)],
+                                    objects=objs[split], sizes=[(96, 64), (120, 72)], roles=roles)]
+    return hashlib.sha256(json.dumps(_rounded(specs), sort_keys=True).encode()).hexdigest()
+
+
+def test_the_original_seven_are_drawn_as_before(textures):
+    d, bgs, objs = textures
+    assert vb.ROLES[:7] == vb.CORE_ROLES and set(vb.NEW_ROLES) <= set(vb.ROLES)
+    assert _core7_digest(d, bgs, objs, vb.CORE_ROLES) == CORE7_PLAN_SHA256
+    # with the new roles after them, the seven specs are the same ones
+    full = vb.plan_split("test", d, 0, n_frames=12, backgrounds=bgs["test"], objects=objs["test"], sizes=[SIZE])
+    core = vb.plan_split("test", d, 0, n_frames=12, backgrounds=bgs["test"][:7], objects=objs["test"], sizes=[SIZE],
+                         roles=vb.CORE_ROLES)
+    assert [s.to_json() for s in full[:7]] == [s.to_json() for s in core]
+    assert [s.role for s in full[7:]] == list(vb.NEW_ROLES)
+    assert vb.SequenceSpec.from_json(json.loads(json.dumps(full[8].to_json()))) == full[8]
+
+
+def test_new_roles_have_small_objects_of_the_intended_size(textures):
+    d, bgs, objs = textures
+    size = (192, 128)  # large enough for 1 % blobs to be more than a few pixels
+    for seed in range(3):
+        for split in ("dev", "test"):
+            specs = {s.role: s for s in vb.plan_split(split, d, seed, n_frames=8, backgrounds=bgs[split],
+                                                      objects=objs[split], sizes=[size])}
+            for role, (lo, hi) in (("small_objects", (2, 3)), ("formation", (3, 5))):
+                spec = specs[role]
+                assert lo <= len(spec.objects) <= hi, (role, len(spec.objects))
+                areas = [o.area() / (size[0] * size[1]) for o in spec.objects]
+                assert all(0.01 - 1e-9 <= a <= 0.03 + 1e-9 for a in areas), (role, areas)
+                for t, (_, mask) in enumerate(vb.render_sequence(spec, d)):
+                    # wholly in view (no zoom): the masks hold the blobs' areas (at most, where they touch)
+                    assert 0.85 * max(areas) < mask.mean() <= 1.03 * sum(areas), (role, t, mask.mean(), areas)
+                    if role == "small_objects":  # kept apart: one region per object
+                        assert cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 == \
+                            len(spec.objects)
+            form = specs["formation"]
+            assert len({o.texture for o in form.objects}) == 1  # one body
+            assert len({o.velocity for o in form.objects}) == 1  # moving together …
+            assert len({o.wobble for o in form.objects}) == len(form.objects)  # … each with a jitter of its own
+
+
+def test_extending_a_benchmark_by_new_roles_keeps_its_sequences(tmp_path, textures, caplog):
+    make(tmp_path / "a", textures, roles=("static_empty", "one_textured"))
+    before = mask_bytes(tmp_path / "a")
+    with caplog.at_level("INFO", logger="emseg.app.video_benchmark"):
+        man = make(tmp_path / "a", textures, roles=("static_empty", "one_textured", "small_objects"))
+    assert "adding the roles ['small_objects']" in caplog.text and caplog.text.count("already complete") == 2
+    after = mask_bytes(tmp_path / "a")
+    assert {k: v for k, v in after.items() if not k.startswith("dev/small_objects")} == before
+    assert [s["name"] for s in man["sequences"]["dev"]] == ["static_empty", "one_textured", "small_objects"]
+    with pytest.raises(vb.BenchmarkError, match="other settings"):  # dropping or reordering is not appending
+        make(tmp_path / "a", textures, roles=("one_textured", "static_empty", "small_objects"))
+
+
+# ------------------------------------------------------------------------------------------ motion, flicker, regions
+def test_backward_motion_is_the_camera_and_object_motion(textures):
+    spec = _ellipse_spec(textures, (2.0, -1.0))  # a translating camera, an object moving by (1, 0.5) in the scene
+    for t in range(1, N):
+        flow, valid = vb.backward_motion(spec, t)
+        layers = vb.frame_layers(spec, t)
+        # a background pixel of frame t was 2 px right and 1 px up in frame t − 1, the object's (1, −1.5)
+        np.testing.assert_allclose(flow[layers == 0], np.broadcast_to([2.0, -1.0], flow[layers == 0].shape),
+                                   atol=1e-4)
+        np.testing.assert_allclose(flow[layers == 1], np.broadcast_to([1.0, -1.5], flow[layers == 1].shape),
+                                   atol=1e-4)
+        assert not valid[:, -2:].any() and valid[layers == 1].mean() > 0.8  # entering the view: unknown
+    masks = [m for _, m in vb.render_sequence(spec, textures[0])]
+    flows = [vb.backward_motion(spec, t) for t in range(1, N)]
+    assert vb.flicker(masks, [f for f, _ in flows], [v for _, v in flows]) < 0.02  # the ground truth's floor
+
+
+def test_flicker_exact_cases():
+    h, w = 20, 30
+    m = np.zeros((h, w), bool)
+    m[5:12, 8:18] = True
+    zero = np.zeros((h, w, 2), np.float32)
+    assert vb.flicker([m, m, m], [zero, zero]) == 0.0  # static
+    moved = np.roll(m, (2, 3), axis=(0, 1))  # the mask moves by (3, 2) px with the scene
+    back = np.broadcast_to(np.array([-3.0, -2.0], np.float32), (h, w, 2)).copy()  # p of frame t was at p − (3, 2)
+    assert vb.flicker_pair(m, moved, back) == 0.0
+    assert vb.flicker_pair(m, moved, zero) > 0.3  # judged without the motion, it would flicker
+    empty = np.zeros_like(m)
+    assert vb.flicker([m, empty, m, empty, m], [zero] * 4) == 1.0  # toggling: every pair changes wholly
+    assert vb.flicker([m, empty, empty], [zero] * 2) == 0.5  # vanishes (1), then two empty frames (0)
+    half = m.copy()
+    half[5:12, 13:18] = False
+    assert vb.flicker_pair(m, half, zero) == pytest.approx(0.5)  # half the union changes label
+    valid = np.ones((h, w), bool)
+    valid[:, 13:] = False  # the changing half unknown: not counted
+    assert vb.flicker_pair(m, half, zero, valid) == 0.0
+    assert math.isnan(vb.flicker([m], []))
+
+
+def test_region_counts_on_hand_built_masks():
+    gt = np.zeros((40, 40), bool)
+    gt[0:10, 0:10] = True  # region A, 100 px
+    gt[10:20, 10:20] = True  # touches A at a corner only: one region with it (8-connectivity)
+    gt[30:40, 0:10] = True  # region B, 100 px
+    gt[30:40, 30:40] = True  # region C, 100 px
+    pred = np.zeros_like(gt)
+    pred[0:2, 0:10] = True  # 20 of A+'s 200 px: 10 % < 30 %, not found
+    pred[30:33, 0:10] = True  # 30 of B's 100: exactly 30 %, found
+    pred[30:32, 30:39] = True  # 18 of C's 100: not found …
+    pred[22:28, 30:40] = True  # … and a region of 60 px off the ground truth: false
+    pred[0:10, 25:35] = True  # a 100 px region, none of it on the ground truth: false
+    counts = vb.region_counts(gt, pred)
+    assert counts == {"gt_regions": 3, "gt_found": 1, "pred_regions": 5, "pred_false": 2}
+    edge = np.zeros_like(gt)
+    edge[30:40, 9:19] = True  # 10 of its 100 px on B: exactly 10 %, not false
+    assert vb.region_counts(gt, edge) == {"gt_regions": 3, "gt_found": 0, "pred_regions": 1, "pred_false": 0}
+    assert vb.region_counts(np.zeros_like(gt), np.zeros_like(gt)) == {"gt_regions": 0, "gt_found": 0,
+                                                                     "pred_regions": 0, "pred_false": 0}
+
+
+GROUP_KEYS = {"n_sequences", "sequences", "n_frames_scored", "J_mean", "F_mean", "JF", "J_mean_objects",
+              "J_mean_empty", "pred_fg_mean_empty", "flicker", "flicker_gt", "region_recall", "gt_regions", "gt_found",
+              "false_regions", "false_per_frame"}
+
+
+def test_summary_reports_core7_new_and_all(tmp_path, textures, capsys):
+    roles = ("static_empty", "one_textured", "small_objects")
+    bench = tmp_path / "bench"
+    make(bench, textures, roles=roles)
+    run = tmp_path / "run"
+    for seq in roles:
+        for t in range(N - 1):
+            _write_pred(run, seq, t, _gt(bench, seq, t))
+    _write_pred(run, "static_empty", 2, np.ones((SIZE[1], SIZE[0]), bool))  # a false region, flickering
+    res = vb.score_run(bench, "dev", run)
+    sm = json.loads((run / "summary.json").read_text())
+    assert set(sm["groups"]) == {"core7", "new", "all"}
+    for g in sm["groups"].values():
+        assert GROUP_KEYS <= set(g)
+    assert sm["groups"]["core7"]["sequences"] == ["static_empty", "one_textured"]
+    assert sm["groups"]["new"]["sequences"] == ["small_objects"] and sm["groups"]["new"]["J_mean_empty"] is None
+    assert GROUP_KEYS - {"sequences"} <= set(sm)  # the top level: the whole split's
+    assert sm["J_mean"] == pytest.approx(sm["groups"]["all"]["J_mean"])
+    assert sm["false_regions"] == 1 and sm["false_per_frame"] == pytest.approx(1 / (3 * (N - 1)))
+    assert sm["region_recall"] == 1.0 and sm["gt_regions"] == res.per_frame["gt_regions"].sum() > 2 * (N - 1)
+    ps = res.per_sequence.set_index("sequence")
+    # frames 1 → 2 and 2 → 3 change wholly; the other pairs are empty: 2 of N − 2 pairs
+    assert ps.loc["static_empty", "flicker"] == pytest.approx(2 / (N - 2))
+    assert ps.loc["small_objects", "flicker"] == pytest.approx(ps.loc["small_objects", "flicker_gt"])
+    assert ps.loc["small_objects", "flicker_gt"] < 0.05
+    assert {"flicker", "flicker_gt", "gt_regions", "gt_found", "pred_regions", "pred_false"} <= set(res.per_frame)
+    table = vb.format_table(res.per_sequence, res.summary)
+    assert all(ln in table for ln in ("core7", "new ", "all ", "flicker"))
+    assert vb.main(["compare", str(run), "--plot", str(tmp_path / "c.png")]) == 0
+    assert "mean core7" in capsys.readouterr().out

@@ -5,10 +5,13 @@ emseg.app.video_benchmark --help``); its former path ``evaluationmodule.video_be
 One job per module:
 
 - ``layout.py``: file names, the manifest, the splits, :class:`BenchmarkError` (standard library only);
-- ``scenes.py``: the generator (camera paths, blobs, :func:`plan_split`, :func:`render_sequence`);
+- ``scenes.py``: the generator (camera paths, blobs, :func:`plan_split`, :func:`render_sequence`, each
+  pixel's exact motion :func:`backward_motion`);
 - ``make.py``: writing a benchmark on disk (videos, masks, ``sequence.json``, the manifest, ``SEQUENCES.md``);
 - ``run.py``: running ``segment.py`` over a split (timed, resumable), then scoring it;
-- ``score.py``: scoring a run (per-frame J and F, per-sequence means, ``summary.json``, the text table);
+- ``measures.py``: flicker (by the exact motion) and region recall / false regions of masks;
+- ``score.py``: scoring a run (per-frame J, F, flicker, regions; per-sequence and per-group means —
+  the original seven roles, the new ones, all —, ``summary.json``, the text table);
 - ``compare.py``: scored runs side by side (table, bar plot, a figure of chosen frames);
 - ``cli.py``: the command line.
 
@@ -29,11 +32,17 @@ from typing import Any
 _HOMES = {
     **dict.fromkeys(("GENERATOR_VERSION", "MANIFEST", "SEQUENCE_JSON", "DEFAULT_TEXTURES", "REPO_ROOT", "FPS",
                      "SPLITS", "BenchmarkError", "load_manifest", "split_sequences"), "layout"),
-    **dict.fromkeys(("ROLES", "ROLE_TEXT", "DEFAULT_BACKGROUNDS", "DEFAULT_OBJECTS", "DEFAULT_SIZES", "NOISE_SIGMA",
+    **dict.fromkeys(("ROLES", "CORE_ROLES", "NEW_ROLES", "EMPTY_ROLES", "SMALL_AREA", "frame_layers",
+                     "backward_motion", "ROLE_TEXT", "DEFAULT_BACKGROUNDS", "DEFAULT_OBJECTS", "DEFAULT_SIZES",
+                     "NOISE_SIGMA",
                      "CameraPath", "window_corners", "BlobObject", "object_to_frame", "object_signed_distance",
                      "SequenceSpec", "trim_border", "plan_split", "render_sequence"), "scenes"),
     **dict.fromkeys(("make_sequence", "make_benchmark", "sequences_table"), "make"),
-    **dict.fromkeys(("read_mask", "score_sequence", "BenchScores", "score_run", "format_table", "load_scored_run"),
+    **dict.fromkeys(("warp_mask", "flicker_of", "flicker_pair", "flicker", "region_counts", "FOUND_COVERAGE",
+                     "FALSE_OVERLAP"),
+                    "measures"),
+    **dict.fromkeys(("read_mask", "group_summary", "score_sequence", "BenchScores", "score_run", "format_table",
+                     "load_scored_run"),
                     "score"),
     "run_benchmark": "run",
     **dict.fromkeys(("compare_runs", "parse_frame_spec", "compare_frames"), "compare"),

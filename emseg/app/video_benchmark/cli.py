@@ -2,7 +2,7 @@
 
 Each sequence is rendered: the background is a real photograph seen by a moving camera (a smooth,
 bounded affine path — translation, zoom, small rotation — whose window always lies inside the
-photograph, so no border ever comes into view), and 0–2 foreground objects are smooth irregular
+photograph, so no border ever comes into view), and 0–5 foreground objects are smooth irregular
 blobs (Fourier-perturbed ellipses) textured from other real photographs, each with its own smooth
 motion relative to the scene. Objects are composited with an anti-aliased alpha; the ground truth
 is exact: a pixel is foreground where its centre lies inside an object's analytic shape (the
@@ -20,8 +20,11 @@ Layout written by ``make``: ``{out}/manifest.json``, ``{out}/{split}/{sequence}/
 
 ``score`` runs ``segment.py --video {video} --out {out}/{sequence} <extra args>`` per sequence and
 scores ``{out}/{sequence}/{t:05d}_binary.png`` for t = 0 … N − 2 (N frames; frame N − 1 too when
-present) against the ground truth: per-frame J (``utils.evaluations.db_eval_iou``, both empty → 1)
-and boundary F (``evaluationmodule.davis_metrics``), means per sequence and over the split.
+present) against the ground truth: per-frame J (``utils.evaluations.db_eval_iou``, both empty → 1),
+boundary F (``evaluationmodule.davis_metrics``), flicker (the share of the foreground changing label
+between frames once the exact motion is accounted for; the ground truth's floor beside it) and regions
+(ground-truth regions found at ≥ 30 % coverage, predicted regions < 10 % on the ground truth), means per
+sequence and over the split's original seven sequences (core7), the new ones and all.
 
 ``python -m evaluationmodule.video_benchmark`` (the module's former path) runs the same command.
 """

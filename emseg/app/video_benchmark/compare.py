@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from emseg.app.video_benchmark.layout import BenchmarkError, load_manifest, split_sequences
+from emseg.app.video_benchmark.scenes import CORE_ROLES
 from emseg.app.video_benchmark.score import load_scored_run, read_mask
 from emseg.core.video_io import iter_frames, open_video
 from evaluationmodule.SaveModule import write_figure, write_grouped_bars
@@ -30,11 +31,17 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], plot: str | os.PathLike 
     head = f"{'sequence':<14}" + "".join(f" {lb[:width]:>{width}}" for lb, _, _ in runs)
     sub = f"{'':<14}" + "".join(f" {'J / F':>{width}}" for _ in runs)
     lines = [head, sub]
-    for s in seqs + ["mean"]:
+    # the groups' means too (core7: the original seven sequences, comparable with runs scored before the
+    # new roles; new), where a run's summary has them (runs scored earlier have only "mean")
+    groups = list(dict.fromkeys(g for _, _, sm in runs for g in (sm.get("groups") or {}) if g != "all"))
+    for s in seqs + ["mean"] + [f"mean {g}" for g in groups]:
         cells = []
         for _, df, sm in runs:
-            if s == "mean":
-                cells.append(f"{sm['J_mean']:.3f} / {sm['F_mean']:.3f}")
+            if s.startswith("mean"):
+                g = (sm.get("groups") or {}).get(s[5:]) if s != "mean" else sm
+                if g is None and s == "mean core7" and "groups" not in sm and set(df["role"]) <= set(CORE_ROLES):
+                    g = sm  # a run scored before the groups, on the seven original sequences only
+                cells.append(f"{g['J_mean']:.3f} / {g['F_mean']:.3f}" if g and g.get("J_mean") is not None else "-")
                 continue
             r = df[df["sequence"] == s]
             cells.append(f"{r['J_mean'].iloc[0]:.3f} / {r['F_mean'].iloc[0]:.3f}" if len(r) else "-")

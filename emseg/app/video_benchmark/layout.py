@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+# bumped when an existing sequence would render differently; appending a role (scenes.ROLES) needs no bump,
+# as the sequences already there stay byte-identical (and each sequence.json records this number)
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
 SEQUENCE_JSON = "sequence.json"

@@ -107,6 +107,16 @@ def _textures_fingerprint(textures: Path, names: Sequence[str]) -> dict[str, str
     return out
 
 
+def _only_appends_roles(old: dict, new: dict) -> bool:
+    """Whether settings ``new`` differ from ``old`` only by roles appended after ``old``'s (and the textures
+    those use): every existing sequence is then one the new settings make identically (a sequence's draws
+    depend on its position in the roles only, ``scenes.plan_split``)."""
+    old_roles, old_tex = old.get("roles") or [], old.get("textures") or {}
+    same = all(old.get(k) == new[k] for k in new if k not in ("roles", "textures"))
+    return (same and bool(old_roles) and new["roles"][:len(old_roles)] == old_roles
+            and all(new["textures"].get(k) == v for k, v in old_tex.items()))
+
+
 def make_benchmark(out: str | os.PathLike, textures: str | os.PathLike = DEFAULT_TEXTURES, seed: int = 0,
                    n_frames: int = 48, overwrite: bool = False, splits: Sequence[str] = SPLITS,
                    backgrounds: dict[str, Sequence[str]] | None = None,
@@ -114,8 +124,9 @@ def make_benchmark(out: str | os.PathLike, textures: str | os.PathLike = DEFAULT
                    sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, roles: Sequence[str] = ROLES) -> dict:
     """Render the benchmark into ``out``; returns the manifest (also written as ``out/manifest.json``).
 
-    A rerun with the same settings skips the sequences already complete; different settings in a
-    folder that holds a benchmark are an error unless ``overwrite`` (which deletes the old one).
+    A rerun with the same settings skips the sequences already complete, and so does a rerun that only
+    appends roles (a benchmark made before the new roles gains them, its sequences kept); other settings
+    in a folder that holds a benchmark are an error unless ``overwrite`` (which deletes the old one).
     """
     out, textures = Path(out), Path(textures)
     if not textures.is_dir():
@@ -136,7 +147,10 @@ def make_benchmark(out: str | os.PathLike, textures: str | os.PathLike = DEFAULT
         except ValueError:
             old = {}
         old_cfg = {k: old.get(k) for k in config}
-        if old_cfg != config:
+        if old_cfg != config and _only_appends_roles(old_cfg, config):
+            # the sequences already there are those the new settings make first: keep them, add the rest
+            logger.info("%s: adding the roles %s to the benchmark", out, config["roles"][len(old_cfg["roles"]):])
+        elif old_cfg != config:
             diffs = [k for k in config if old_cfg[k] != config[k]]
             if not overwrite:
                 raise BenchmarkError(f"{out} holds a benchmark made with other settings (differs in {diffs}): "

@@ -2,11 +2,13 @@
 
 Each sequence is rendered: the background is a real photograph seen by a moving camera (a smooth,
 bounded affine path — translation, zoom, small rotation — whose window always lies inside the
-photograph, so no border ever comes into view), and 0–2 foreground objects are smooth irregular
+photograph, so no border ever comes into view), and 0–2 foreground objects (the original seven roles;
+2–5 small ones, each 1–3 % of the frame, in the roles added after them) are smooth irregular
 blobs (Fourier-perturbed ellipses) textured from other real photographs, each with its own smooth
 motion relative to the scene. Objects are composited with an anti-aliased alpha; the ground truth
 is exact: a pixel is foreground where its centre lies inside an object's analytic shape (the
-object's alpha > 0.5; the union of the objects). Mild sensor noise is added.
+object's alpha > 0.5; the union of the objects). Mild sensor noise is added. Since every pixel's
+motion is known, :func:`backward_motion` gives it exactly (the scorer's flicker uses it).
 
 Everything here is deterministic given the seed: :func:`plan_split` draws the specs
 (:class:`SequenceSpec`), :func:`render_sequence` turns one into frames and masks. Writing them is
@@ -15,6 +17,7 @@ Everything here is deterministic given the seed: :func:`plan_split` draws the sp
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +28,14 @@ import numpy as np
 
 from emseg.app.video_benchmark.layout import GENERATOR_VERSION, SPLITS, BenchmarkError
 
-ROLES = ("static_empty", "pan_empty", "one_textured", "one_lowtex", "two_crossing", "slow_object", "zoom_rotate")
+# The first seven are the original benchmark ("core7"). New roles are only ever appended: a sequence's
+# random draws come from its position in ROLES (and the object textures are dealt in role order), so an
+# appended role leaves every earlier sequence byte-identical.
+CORE_ROLES = ("static_empty", "pan_empty", "one_textured", "one_lowtex", "two_crossing", "slow_object", "zoom_rotate")
+NEW_ROLES = ("small_objects", "formation")
+ROLES = CORE_ROLES + NEW_ROLES
+EMPTY_ROLES = ("static_empty", "pan_empty")  # no object: the ground truth is empty in every frame
+SMALL_AREA = (0.01, 0.03)  # area of each small_objects / formation blob, fraction of the frame
 ROLE_TEXT = {
     "static_empty": "static camera, no object (empty ground truth)",
     "pan_empty": "moving camera (pan, slight zoom and rotation), no object (empty ground truth)",
@@ -34,12 +44,17 @@ ROLE_TEXT = {
     "two_crossing": "swaying camera, two objects crossing (the first occludes the second)",
     "slow_object": "fast pan, one object moving slowly relative to the scene (motion close to the camera's)",
     "zoom_rotate": "camera zoom and rotation, one rotating and scaling object",
+    "small_objects": "panning camera, 2–3 small objects (1–3 % of the frame each), each on its own path",
+    "formation": "swaying camera, 3–5 small blobs (1–3 % of the frame each) moving together in formation, "
+                 "each with a small jitter and spin of its own (like limbs)",
 }
-# Backgrounds are disjoint between the splits; the role order of ROLES.
+# Backgrounds are disjoint between the splits; the role order of ROLES (photographs only: the folder's
+# videos are never used, vtest.avi least of all — it is kept for an independent check).
 DEFAULT_BACKGROUNDS = {
-    "dev": ["leuvenA.jpg", "graf1.png", "board.jpg", "stuff.jpg", "aero3.jpg", "Blender_Suzanne1.jpg", "left01.jpg"],
+    "dev": ["leuvenA.jpg", "graf1.png", "board.jpg", "stuff.jpg", "aero3.jpg", "Blender_Suzanne1.jpg", "left01.jpg",
+            "basketball1.png", "right01.jpg"],
     "test": ["building.jpg", "starry_night.jpg", "aloeL.jpg", "home.jpg", "aero1.jpg", "ela_original.jpg",
-             "licenseplate_motion.jpg"],
+             "licenseplate_motion.jpg", "box_in_scene.png", "left.jpg"],
 }
 DEFAULT_OBJECTS = {
     "dev": ["fruits.jpg", "baboon.jpg", "orange.jpg", "HappyFish.jpg", "smarties.png", "box.png"],
@@ -233,6 +248,19 @@ class SequenceSpec:
         d["generator_version"] = GENERATOR_VERSION
         return d
 
+    @classmethod
+    def from_json(cls, d: dict) -> SequenceSpec:
+        """The spec back from :meth:`to_json`'s dict (a ``sequence.json``, or a manifest entry: other keys
+        are ignored)."""
+        def tuples(x: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) and k not in ("coeffs", "phases") else v for k, v in x.items()}
+
+        cam = CameraPath(**tuples(d["camera"]))
+        objs = [BlobObject(**tuples(o)) for o in d["objects"]]
+        keep = {k: d[k] for k in ("name", "split", "role", "description", "n_frames", "background", "photo_scale",
+                                  "seed", "noise_sigma") if k in d}
+        return cls(**keep, size=(int(d["size"][0]), int(d["size"][1])), camera=cam, objects=objs)
+
 
 def _read_image(path: Path) -> np.ndarray:
     im = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -358,6 +386,67 @@ def _linear_path(rng: np.random.Generator, obj: BlobObject, size: tuple[int, int
     obj.period = float(rng.uniform(24, 60))
 
 
+def _small_blobs(rng: np.random.Generator, role: str, n_obj: int, objects: Sequence[str],
+                 obj_iter: Iterator[int], textures: Path, size: tuple[int, int]) -> list[BlobObject]:
+    """The blobs of a new role, each of ``SMALL_AREA`` of the frame: ``small_objects`` gives each its own
+    texture; ``formation``'s blobs share one, so they read as the parts of one body."""
+    names = [objects[next(obj_iter)] for _ in range(n_obj if role == "small_objects" else 1)]
+    hw = {n: _read_image(textures / n).shape[:2] for n in names}
+    return [_make_blob(rng, names[k % len(names)], size, hw[names[k % len(names)]], SMALL_AREA)
+            for k in range(n_obj)]
+
+
+def _centre_track(obj: BlobObject, n_frames: int) -> np.ndarray:
+    """The object's centre (N, 2) at t = 0 … N − 1, in scene-at-t = 0 coordinates."""
+    return np.array([obj.pose(t)[:2, 2] for t in range(n_frames)])
+
+
+def _separate_paths(rng: np.random.Generator, objs: list[BlobObject], size: tuple[int, int], n_frames: int,
+                    px: float, tries: int = 30) -> None:
+    """Straight paths (1–3 px/frame at 640 px, small spin) that keep the objects apart: each new path is
+    redrawn (up to ``tries`` times) until its blob never comes within 1.1 × the two radii of an earlier
+    one, so every object stays a ground-truth region of its own."""
+    placed: list[tuple[np.ndarray, float]] = []
+    for o in objs:
+        r = o.max_radius()
+        for _ in range(tries):
+            _linear_path(rng, o, size, n_frames, rng.uniform(1.0, 3.0) * px, keep=1.2)
+            track = _centre_track(o, n_frames)
+            if all(np.linalg.norm(track - tr, axis=1).min() > 1.1 * (r + rr) for tr, rr in placed):
+                break
+        o.spin_deg = float(rng.uniform(-1.0, 1.0))
+        placed.append((_centre_track(o, n_frames), r))
+
+
+def _formation_paths(rng: np.random.Generator, objs: list[BlobObject], size: tuple[int, int], n_frames: int,
+                     px: float) -> None:
+    """One straight path (1–2.5 px/frame at 640 px) for the whole formation: ``objs[0]`` is the body, the
+    others sit around it, touching or nearly (0.85–1.15 × the sum of the two radii), each with a jitter
+    (1.5–4 px at 640 px, its own period) and a spin of its own: the parts move together, not rigidly."""
+    body, limbs = objs[0], objs[1:]
+    rb = body.max_radius()
+    base = rng.uniform(0, 2 * np.pi)
+    offsets = []
+    for k, o in enumerate(limbs):
+        ang = base + 2 * np.pi * k / len(limbs) + rng.uniform(-0.3, 0.3)
+        dist = (rb + o.max_radius()) * rng.uniform(0.85, 1.15)
+        offsets.append(np.array([math.cos(ang), math.sin(ang)]) * dist)
+    extent = max(float(np.linalg.norm(off)) + o.max_radius() for off, o in zip(offsets, limbs))
+    ang = rng.uniform(0, 2 * np.pi)
+    d = np.array([math.cos(ang), math.sin(ang)]) * rng.uniform(1.0, 2.5) * px * (n_frames - 1)
+    room = np.maximum(np.array(size, float) - 2 * extent, 1.0)  # where the formation's centre may go
+    d *= min(1.0, *(room / np.maximum(np.abs(d), 1e-9))) * 0.999
+    mid = np.array(size, float) / 2 + rng.uniform(-0.5, 0.5, 2) * np.maximum(room - np.abs(d), 0.0)
+    start, vel = mid - d / 2, d / (n_frames - 1)
+    for o, off in zip(objs, [np.zeros(2), *offsets]):
+        o.start = (float(start[0] + off[0]), float(start[1] + off[1]))
+        o.velocity = (float(vel[0]), float(vel[1]))
+        jitter = (rng.uniform(1.5, 4.0) if o is not body else rng.uniform(0.5, 2.0)) * px
+        o.wobble = tuple(float(x) for x in rng.uniform(-1, 1, 2) * jitter)
+        o.period = float(rng.uniform(16, 40))
+        o.spin_deg = float(rng.uniform(-1.5, 1.5))
+
+
 def plan_split(split: str, textures: Path, seed: int, n_frames: int = 48,
                backgrounds: Sequence[str] | None = None, objects: Sequence[str] | None = None,
                sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, roles: Sequence[str] = ROLES) -> list[SequenceSpec]:
@@ -376,7 +465,8 @@ def plan_split(split: str, textures: Path, seed: int, n_frames: int = 48,
                                  "opencv-doc package: apt-get install opencv-doc, or pass --textures DIR)")
     specs = []
     obj_order = list(np.random.default_rng([seed, SPLITS.index(split), 99]).permutation(len(objects)))
-    obj_iter = iter(obj_order * 4)
+    # textures are dealt in role order, cycling (the same deal as the former four rounds of obj_order)
+    obj_iter = itertools.cycle(obj_order)
     for i, role in enumerate(roles):
         if role not in ROLES:
             raise BenchmarkError(f"unknown role {role!r} (known: {list(ROLES)})")
@@ -413,6 +503,14 @@ def plan_split(split: str, textures: Path, seed: int, n_frames: int = 48,
         elif role == "two_crossing":
             n_obj = 2
             cam.sway = tuple(float(x) for x in rng.uniform(3, 6, 2) * px)
+        elif role == "small_objects":  # no zoom: the objects keep their 1–3 % of the frame
+            n_obj = int(rng.integers(2, 4))
+            cam.velocity = direction(rng.uniform(0.8, 1.8) * px)
+            cam.sway = tuple(float(x) for x in rng.uniform(2, 6, 2) * px)
+        elif role == "formation":
+            n_obj = int(rng.integers(3, 6))
+            cam.velocity = direction(rng.uniform(0.3, 1.0) * px)
+            cam.sway = tuple(float(x) for x in rng.uniform(3, 8, 2) * px)
         bg_name = backgrounds[i]
         bg = trim_border(_read_image(textures / bg_name))
         # photos narrower than the frame are scaled up; others get random room for variety
@@ -420,11 +518,14 @@ def plan_split(split: str, textures: Path, seed: int, n_frames: int = 48,
         scale = _place_camera(cam, bg.shape[:2], size, n_frames, rng, photo=bg if role == "one_lowtex" else None,
                               min_scale=min_scale)
         objs: list[BlobObject] = []
-        for _k in range(n_obj):
-            tname = objects[next(obj_iter)]
-            tex = _read_image(textures / tname)
-            frac = (0.04, 0.10) if n_obj == 2 else (0.03, 0.15)
-            objs.append(_make_blob(rng, tname, size, tex.shape[:2], frac))
+        if role in NEW_ROLES:
+            objs = _small_blobs(rng, role, n_obj, objects, obj_iter, textures, size)
+        else:  # the original roles, drawn exactly as before
+            for _k in range(n_obj):
+                tname = objects[next(obj_iter)]
+                tex = _read_image(textures / tname)
+                frac = (0.04, 0.10) if n_obj == 2 else (0.03, 0.15)
+                objs.append(_make_blob(rng, tname, size, tex.shape[:2], frac))
         if role == "one_textured":
             _linear_path(rng, objs[0], size, n_frames, rng.uniform(1.5, 3.5) * px)
         elif role == "one_lowtex":
@@ -452,7 +553,12 @@ def plan_split(split: str, textures: Path, seed: int, n_frames: int = 48,
                 o.velocity = (float(v[0]), float(v[1]))
                 o.spin_deg = float(rng.uniform(-0.6, 0.6))
                 o.period = float(rng.uniform(24, 60))
-        _keep_in_view(objs, cam, size, n_frames)
+        elif role == "small_objects":
+            _separate_paths(rng, objs, size, n_frames, px)
+        elif role == "formation":
+            _formation_paths(rng, objs, size, n_frames, px)
+        # the small blobs are kept wholly in view where the paths allow it, so they keep their size
+        _keep_in_view(objs, cam, size, n_frames, keep=1.1 if role in NEW_ROLES else 0.6)
         specs.append(SequenceSpec(name=role, split=split, role=role, description=ROLE_TEXT[role], size=size,
                                   n_frames=n_frames, background=bg_name, photo_scale=scale, camera=cam,
                                   objects=objs, seed=sseed))
@@ -490,3 +596,56 @@ def render_sequence(spec: SequenceSpec, textures: Path) -> Iterator[tuple[np.nda
             mask[y0:y1, x0:x1] |= d > 0
         frame = frame + rng.normal(0.0, spec.noise_sigma, frame.shape).astype(np.float32)
         yield np.clip(np.rint(frame), 0, 255).astype(np.uint8), mask
+
+
+# ------------------------------------------------------------------------------------------ exact motion
+def frame_layers(spec: SequenceSpec, t: int) -> np.ndarray:
+    """Which layer each pixel of frame t shows → (H, W) int16: 0 the background, k > 0 ``objects[k − 1]``
+    (the frontmost object where they overlap, as rendered). ``layers > 0`` is the frame's ground truth."""
+    w, h = spec.size
+    layers = np.zeros((h, w), np.int16)
+    for k in range(len(spec.objects), 0, -1):  # back to front: objects[0] is drawn last, in front
+        obj = spec.objects[k - 1]
+        f_from_l = object_to_frame(obj, spec.camera, t, spec.size, spec.n_frames)
+        box = _object_box(obj, f_from_l, spec.size)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        inside = object_signed_distance(obj, f_from_l, spec.size, box) > 0
+        layers[y0:y1, x0:x1][inside] = k
+    return layers
+
+
+def backward_motion(spec: SequenceSpec, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact motion of frame t back to frame t − 1 (t ≥ 1), from the camera's and objects' paths.
+
+    Returns (flow (H, W, 2) float32: pixel p of frame t shows the scene point that frame t − 1 showed at
+    p + flow(p); channel 0 along x, 1 along y — the convention of ``emseg.video.flow_confidence.warp``),
+    valid (H, W) bool: p + flow(p) lies in frame t − 1 and frame t − 1 shows the same layer there (the
+    pixel was neither outside the view nor hidden by another object)).
+    """
+    if not 1 <= t < spec.n_frames:
+        raise ValueError(f"backward motion needs 1 ≤ t < {spec.n_frames}, got {t}")
+    w, h = spec.size
+    cur, prev = frame_layers(spec, t), frame_layers(spec, t - 1)
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    flow = np.zeros((h, w, 2), np.float64)
+    cam_t = spec.camera.matrix(t, spec.size, spec.n_frames)
+    cam_p = spec.camera.matrix(t - 1, spec.size, spec.n_frames)
+    # frame t → frame t − 1, per layer: through the scene for the background, the object's own frame otherwise
+    maps = [np.linalg.inv(cam_p) @ cam_t] + [
+        object_to_frame(o, spec.camera, t - 1, spec.size, spec.n_frames)
+        @ np.linalg.inv(object_to_frame(o, spec.camera, t, spec.size, spec.n_frames)) for o in spec.objects]
+    for k, m in enumerate(maps):
+        sel = cur == k
+        if not sel.any():
+            continue
+        x, y = xs[sel], ys[sel]
+        flow[sel, 0] = m[0, 0] * x + m[0, 1] * y + m[0, 2] - x
+        flow[sel, 1] = m[1, 0] * x + m[1, 1] * y + m[1, 2] - y
+    sx, sy = xs + flow[..., 0], ys + flow[..., 1]
+    valid = (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
+    ix = np.clip(np.rint(sx), 0, w - 1).astype(np.intp)
+    iy = np.clip(np.rint(sy), 0, h - 1).astype(np.intp)
+    valid &= prev[iy, ix] == cur
+    return flow.astype(np.float32), valid
