@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -44,14 +45,22 @@ class ExportError(ValueError):
 
 
 def is_exportable(model: nn.Module) -> bool:
-    """True when ``model.prediction({'Flow': flow})['Pred']`` is the network alone: a
-    :class:`~Models.LitSegmentationModel.LitSegmentationModel` with a network, ``inputs ['Flow']``
-    and the base class's ``prediction`` (not, e.g., ``ClassicalEM``'s EM loop)."""
-    from Models.LitSegmentationModel import LitSegmentationModel
+    """True when ``model.prediction({'Flow': flow})['Pred']`` is the network alone, on ``inputs ['Flow']``:
+    a :class:`~Models.network.SegmentationNetwork`, or a
+    :class:`~Models.LitSegmentationModel.LitSegmentationModel` with a network and the base class's
+    ``prediction`` (not, e.g., ``ClassicalEM``'s EM loop)."""
+    from Models.network import SegmentationNetwork
 
-    if not isinstance(model, LitSegmentationModel) or not getattr(model, "has_network", False):
-        return False
-    if type(model).prediction is not LitSegmentationModel.prediction:
+    if isinstance(model, SegmentationNetwork):
+        base = SegmentationNetwork
+    else:
+        # An instance of a class needs its module imported: where Models.LitSegmentationModel is not,
+        # the model is none of its subclasses, and the answer needs no Lightning import (1.7 s).
+        lit = sys.modules.get("Models.LitSegmentationModel")
+        if lit is None or not isinstance(model, lit.LitSegmentationModel) or not getattr(model, "has_network", False):
+            return False
+        base = lit.LitSegmentationModel
+    if type(model).prediction is not base.prediction:
         return False
     return list(model.backbone_model.inputs) == ["Flow"]
 

@@ -15,6 +15,12 @@ whole command (imports, model, backend, flow, writing), after one unmeasured run
 cache. ``--video`` may then be omitted:
 
     python bench/bench_video.py --short --repeat 3
+
+``--against DIR`` also runs another checkout's ``segment.py`` (e.g. the code before a change, copied
+aside), alternating run by run with this one's, so that both see the same load on a shared machine; each
+row names its tree, and a last table gives each tree's median wall time and e2e frames/s per video:
+
+    python bench/bench_video.py --short --repeat 5 --against /tmp/before
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import logging
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,30 +94,43 @@ def short_clip(dst: Path, n_frames: int = 40, size: tuple[int, int] = (672, 480)
     return dst
 
 
-def run_one(video: str, out: Path, threads: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, str(ROOT / "segment.py"), "--video", video, "--out", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+def run_one(video: str, out: Path, threads: int, extra: list[str], root: Path = ROOT) -> dict:
+    """One ``segment.py --video`` of the checkout ``root``: its row (frames/s, wall, peak RSS, stage shares)."""
+    cmd = [sys.executable, str(root / "segment.py"), "--video", video, "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     stderr = proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench_video: {shlex.join(cmd)} failed:\n{stderr[-3000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        raise SystemExit(f"bench_video: {shlex.join(cmd)} failed ({how}):\n{stderr[-3000:]}")
     m = json.loads((out / "manifest.json").read_text())
     cap = cv2.VideoCapture(video)
     W, H = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     cap.release()
     seg_wall = m["n_segmented"] / m["segment_fps"]
-    row = {"video": Path(video).name, "size": f"{W}x{H}", "frames": m["decoded_frames"],
+    row = {"tree": str(root), "video": Path(video).name, "size": f"{W}x{H}", "frames": m["decoded_frames"],
            "flow_width": m.get("flow_width"), "fps": m["segment_fps"], "wall_s": round(wall, 2),
            "e2e_fps": round(m["n_segmented"] / wall, 2),
            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
     for s in STAGES:
         row[s] = round(100 * m.get("stage_seconds", {}).get(s, 0.0) / seg_wall, 1)
     return row
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per (tree, video): the number of runs and the median wall time, e2e and pipeline frames/s."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["tree"], r["video"]), []).append(r)
+    return [{"tree": tree, "video": video, "runs": len(rs),
+             **{k: statistics.median(r[k] for r in rs) for k in ("wall_s", "e2e_fps", "fps")}}
+            for (tree, video), rs in groups.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", action="store_true", help="also run a synthetic 40-frame 672x480 clip (start-up)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each video (rows), after a warm-up run")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--against", type=Path, default=None, metavar="DIR",
+                   help="another checkout whose segment.py runs alternately with this one's (before/after)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "video.json"))
     args = p.parse_args(argv)
     if not args.video and not args.short:
@@ -137,17 +159,27 @@ def main(argv: list[str] | None = None) -> int:
             videos.append(str(loop_video(args.video[0], args.long, Path(tmp) / f"long_{args.long}.avi")))
         if args.short:
             videos.append(str(short_clip(Path(tmp) / "short_672x480.mp4")))
+        trees = [ROOT] if args.against is None else [args.against.resolve(), ROOT]
         for k, v in enumerate(videos):
             logger.info("running %s", v)
-            run_one(v, Path(tmp) / f"warm{k}", args.threads, extra)  # the export cache and the OS file cache
-            rows += [run_one(v, Path(tmp) / f"run{k}_{r}", args.threads, extra) for r in range(args.repeat)]
+            for i, root in enumerate(trees):  # the export cache and the OS file cache
+                run_one(v, Path(tmp) / f"warm{k}_{i}", args.threads, extra, root)
+            rows += [run_one(v, Path(tmp) / f"run{k}_{r}_{i}", args.threads, extra, root)
+                     for r in range(args.repeat) for i, root in enumerate(trees)]
     print(env_markdown())
     print(f"segment.py extra arguments: `{shlex.join(extra) or '(defaults)'}`, OMP_NUM_THREADS={args.threads}\n")
-    cols = [("video", "video"), ("size", "size"), ("frames", "frames"), ("flow_width", "flow width"),
+    cols = [("tree", "tree")] if args.against is not None else []
+    cols += [("video", "video"), ("size", "size"), ("frames", "frames"), ("flow_width", "flow width"),
             ("fps", "frames/s", ".2f"), ("wall_s", "wall s", ".2f"), ("e2e_fps", "e2e frames/s", ".2f"),
             ("peak_rss_mib", "peak RSS MiB", ".0f")]
     cols += [(s, f"{s} %", ".0f") for s in STAGES]
     print(markdown_table(rows, cols))
+    if args.against is not None:
+        print()
+        print(markdown_table(medians(rows), [("tree", "tree"), ("video", "video"), ("runs", "runs"),
+                                             ("wall_s", "median wall s", ".2f"),
+                                             ("e2e_fps", "median e2e frames/s", ".2f"),
+                                             ("fps", "median frames/s", ".2f")]))
     announce(write_results(args.out, rows, {"extra": extra, "threads": args.threads}))
     return 0
 

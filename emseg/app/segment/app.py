@@ -179,8 +179,10 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     adapt_summary = None
     if opts.adapt_steps > 0:
         from emseg.video.adaptation import adapt
+        from Models.network import as_methode_b
 
         flows = video_flows_at_model_size(video, model, opts)
+        model = as_methode_b(model)  # fine-tuning needs the LightningModule's loss
         model, adapt_summary = adapt(model, flows, steps=opts.adapt_steps, lr=opts.adapt_lr, progress=opts.progress)
         if opts.save_adapted:
             save_adapted(model, opts.save_adapted)

@@ -36,9 +36,15 @@ def checkpoint_path(ckpt: str | os.PathLike | None) -> Path:
     return path
 
 
-def load_segmenter(ckpt: str | os.PathLike | None = None, trust: bool = False, device: str | None = None):
+def load_segmenter(ckpt: str | os.PathLike | None = None, trust: bool = False, device: str | None = None,
+                   trainable: bool = False):
     """The bundled model by default; ``'ClassicalEM'`` for the EM baseline. In eval mode on
-    ``device`` (default: cuda if available)."""
+    ``device`` (default: cuda if available).
+
+    A trained checkpoint gives its network alone (``Models.network.SegmentationNetwork``: the same
+    predictions, digest and cached exports as the ``MethodeB``, without importing Lightning, 1.7 s of a
+    short clip's run); ``trainable=True`` gives the ``MethodeB`` itself (loss, training), which
+    ``segment_video`` also builds from the network for ``--adapt`` (``Models.network.as_methode_b``)."""
     import torch
 
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
@@ -47,11 +53,14 @@ def load_segmenter(ckpt: str | os.PathLike | None = None, trust: bool = False, d
         from Models.CoherenceNets.ClassicalEM import ClassicalEM
 
         model = ClassicalEM(nAffineMasks=2)
-    else:
-        path = checkpoint_path(ckpt)
+    elif trainable:
         from Models.CoherenceNets.MethodeB import MethodeB
 
-        model = MethodeB.load_from_checkpoint(str(path), trust_checkpoint=trust)
+        model = MethodeB.load_from_checkpoint(str(checkpoint_path(ckpt)), trust_checkpoint=trust)
+    else:
+        from Models.network import SegmentationNetwork
+
+        model = SegmentationNetwork.load_from_checkpoint(checkpoint_path(ckpt), trust_checkpoint=trust)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
 
