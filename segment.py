@@ -43,6 +43,7 @@ def options_of(args: argparse.Namespace) -> SegmentOptions:
     files_default = args.video is None
     return SegmentOptions(
         batch_size=args.batch_size, temporal=not args.no_temporal, fusion_weight=args.fusion_weight,
+        gap=args.gap, refine=not args.no_refine,
         min_motion=args.min_motion, animation=not args.no_animation,
         overlays=files_default if args.overlays is None else args.overlays,
         save_proba=files_default if args.save_proba is None else args.save_proba,

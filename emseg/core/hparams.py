@@ -336,6 +336,13 @@ class SegmentQualityHparams:
     """The video-quality stages (emseg/app/segment/stages.py)."""
 
     no_temporal: bool = hp(False, "segment every frame alone (no identity matching, no fusion with the neighbours)")
+    gap: int = hp(4, "judge motion over this many frames (--video): the network and the significance test read the "
+                  "flow from frame t to t+GAP, where its forward-backward check holds (elsewhere GAP times the flow to "
+                  "t+1), so a slow mover is seen on GAP times its displacement; 1: consecutive frames",
+                  parse=Bounded(int, low=1, high=16))
+    no_refine: bool = hp(False, "(--video) plain bilinear upsampling of the probabilities to the frame's size, "
+                         "instead of masks that follow the frame's edges (guided-filtered by the frame, "
+                         "emseg/video/refine.py)")
     fusion_weight: float = hp(2.0, "weight of each neighbouring frame (× its flow confidence) against the frame's "
                               "own 1", parse=Bounded(float, low=0))
     # emseg.core.significance.DEFAULT_MIN_MOTION (tests/test_hparams.py checks they agree); checked

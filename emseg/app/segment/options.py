@@ -25,6 +25,8 @@ class SegmentOptions:
 
     batch_size: int = _default("batch_size")
     temporal: bool = not _default("no_temporal")    #: stage 3
+    gap: int = _default("gap")                      #: frames between the network's two frames (video)
+    refine: bool = not _default("no_refine")        #: edge-aware upsampling by the frame (video)
     fusion_weight: float = _default("fusion_weight")  #: a neighbour's weight (× its confidence) against the frame's 1
     min_motion: float = _default("min_motion")      #: stage 4; 0 turns it off
     overlays: bool = False   #: --overlays' default (None) for a video; flow files turn it on
@@ -53,6 +55,8 @@ class SegmentOptions:
 
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.gap <= 16:
+            raise ValueError(f"--gap must be between 1 and 16 frames, got {self.gap}")
         check_min_motion(self.min_motion, "--min_motion")
         _finite_at_least(self.fusion_weight, 0, "--fusion_weight")
         if self.max_width is not None and self.max_width < 8:

@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ class FramePair:
     size: tuple[int, int]           #: (H, W) of the source frame
     forward: np.ndarray             #: (h, w, 2) t → t+1
     backward: np.ndarray | None     #: (h, w, 2) t+1 → t, on frame t+1's grid
+    gap: int = 1                    #: k: the frames between t and the network's second frame
+    gap_forward: np.ndarray | None = None   #: (h, w, 2) t → t+k when k > 1 (else ``forward`` is it)
+    gap_backward: np.ndarray | None = None  #: (h, w, 2) t+k → t, for its forward-backward check
 
 
 class StageTimes:
@@ -72,8 +76,22 @@ def video_pairs(video: str | os.PathLike, opts: SegmentOptions, flow_width: int 
     else:
         flow_fn = make_estimator(opts.flow_method)
     need_back = opts.temporal or opts.min_motion > 0
-    prev_small = prev_frame = None
+    gap = max(1, int(opts.gap))
+    # frames waiting for their flows: [t, frame, small, forward, backward, size]; frame t leaves once
+    # frame t+gap is decoded (or the video ends), so at most gap + 1 frames are held
+    pending: deque[list] = deque()
     n = 0
+
+    def emit(entry: list, target: list) -> FramePair:
+        t0 = time.perf_counter()
+        k = target[0] - entry[0]
+        gf = gb = None
+        if k > 1:
+            gf = np.asarray(flow_fn(entry[2], target[2]), np.float32)
+            gb = np.asarray(flow_fn(target[2], entry[2]), np.float32)
+            times.add("flow", t0)
+        return FramePair(entry[0], entry[1], entry[5], entry[3], entry[4], k, gf, gb)
+
     try:
         while True:
             t0 = time.perf_counter()
@@ -84,12 +102,16 @@ def video_pairs(video: str | os.PathLike, opts: SegmentOptions, flow_width: int 
             H, W = frame.shape[:2]
             small = cv2.cvtColor(fit_width(frame, flow_width), cv2.COLOR_BGR2RGB)  # the estimators take RGB
             t0 = times.add("decode+downscale", t0)
-            if prev_small is not None:
-                fwd = np.asarray(flow_fn(prev_small, small), np.float32)
-                bwd = np.asarray(flow_fn(small, prev_small), np.float32) if need_back else None
+            if pending:
+                prev = pending[-1]
+                prev[3] = np.asarray(flow_fn(prev[2], small), np.float32)
+                prev[4] = np.asarray(flow_fn(small, prev[2]), np.float32) if need_back else None
                 times.add("flow", t0)
-                yield FramePair(n - 2, prev_frame if keep_frames else None, (H, W), fwd, bwd)
-            prev_small, prev_frame = small, frame
+            pending.append([n - 1, frame if keep_frames else None, small, None, None, (H, W)])
+            if len(pending) > gap:
+                yield emit(pending.popleft(), pending[gap - 1])
+        while len(pending) > 1:  # the last frames: the longest gap the video still has
+            yield emit(pending.popleft(), pending[-1])
     finally:
         cap.release()
         stats["decoded"] = n
@@ -150,12 +172,13 @@ class Ahead:
         self.stop.set()
 
 
-def pairs_ahead(info: dict, flow_width: int | None, keep_frames: bool, width: int, height: int) -> int:
+def pairs_ahead(info: dict, flow_width: int | None, keep_frames: bool, width: int, height: int,
+                gap: int = 1) -> int:
     """How many frame pairs fit in :data:`AHEAD_BYTES` (at least 16): a pair holds its frame
-    (when kept) and two flows at the flow's size."""
+    (when kept) and two flows at the flow's size (four with a gap > 1)."""
     w = min(width, flow_width) if flow_width else width
     h = max(1, round(height * w / max(width, 1)))
-    per_pair = 2 * h * w * 2 * 4 + (height * width * 3 if keep_frames else 0)
+    per_pair = (2 if gap <= 1 else 4) * h * w * 2 * 4 + (height * width * 3 if keep_frames else 0)
     return max(16, AHEAD_BYTES // max(per_pair, 1))
 
 
@@ -172,7 +195,7 @@ class VideoSource:
         import cv2
 
         self.video, self.opts, self.flow_width = video, opts, flow_width
-        self.keep_frames = opts.overlays or opts.animation
+        self.keep_frames = opts.overlays or opts.animation or opts.refine
         cap, self.info = open_video(video)  # fail before any work on an unreadable file
         self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
@@ -184,7 +207,8 @@ class VideoSource:
 
     def start(self) -> VideoSource:
         if self._pairs is None:
-            depth = pairs_ahead(self.info, self.flow_width, self.keep_frames, self.width, self.height)
+            depth = pairs_ahead(self.info, self.flow_width, self.keep_frames, self.width, self.height,
+                                self.opts.gap)
             self._pairs = threaded(video_pairs(self.video, self.opts, self.flow_width, self.keep_frames,
                                                self.stats, self.times), depth=depth)
         return self

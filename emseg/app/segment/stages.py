@@ -20,6 +20,9 @@ from emseg.core.significance import significant_foregrounds, suppress
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow
 from emseg.video.temporal import align_identities, carry, fuse
 
+#: a pixel's flow to t+gap is used where its forward-backward confidence is at least this
+GAP_CONFIDENT = 0.5
+
 
 @dataclass
 class Step:
@@ -34,6 +37,8 @@ class Step:
     conf_forward: torch.Tensor | None   #: (I, J)
     conf_to_prev: torch.Tensor | None   #: (I, J)
     meta: dict = field(default_factory=dict)
+    #: (I, J) the confidence of ``flow_in`` where it is not the flow to t+1 (``--gap`` > 1), else None
+    conf_in: torch.Tensor | None = None
 
 
 class SequenceStages:
@@ -107,7 +112,8 @@ class SequenceStages:
         if self.opts.min_motion <= 0 or not steps:
             return steps
         fused = [s.meta["final"] for s in steps]
-        sigs = significant_foregrounds(fused, [s.flow_in for s in steps], [s.conf_forward for s in steps],
+        confs = [s.conf_forward if s.conf_in is None else s.conf_in for s in steps]
+        sigs = significant_foregrounds(fused, [s.flow_in for s in steps], confs,
                                        min_motion=self.opts.min_motion, param_model=self.param_model)
         for s, f, sig in zip(steps, fused, sigs):
             dropped = ~sig.foreground & (sig.regions > 0)
@@ -134,13 +140,32 @@ def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predic
     def run(items: list[FramePair]) -> list[Step]:
         t0 = time.perf_counter()
         fwd = [torch.from_numpy(p.forward).permute(2, 0, 1)[None] for p in items]
-        flows_in = torch.cat([F.interpolate(f, size=img_size, mode="bilinear", align_corners=False) for f in fwd])
-        pred = predict(flows_in)
-        times.add("network", t0)
         with torch_threads(1):
-            return [step_of(p, f, f_in, pr) for p, f, f_in, pr in zip(items, fwd, flows_in, pred)]
+            gapped = [gap_flow(p, f) for p, f in zip(items, fwd)]
+        t1 = times.add("confidence", t0)
+        flows_in = torch.cat([F.interpolate(g, size=img_size, mode="bilinear", align_corners=False)
+                              for g, _ in gapped])
+        pred = predict(flows_in)
+        times.add("network", t1)
+        with torch_threads(1):
+            return [step_of(p, f, f_in, pr, c) for p, f, f_in, pr, (_, c) in zip(items, fwd, flows_in, pred, gapped)]
 
-    def step_of(p: FramePair, f: torch.Tensor, f_in: torch.Tensor, pr: torch.Tensor) -> Step:
+    def gap_flow(p: FramePair, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's input flow (1, 2, h, w) and its confidence (I, J), or (f, None) without a gap:
+        the flow to t+k where its forward-backward check holds, k times the flow to t+1 elsewhere."""
+        if p.gap <= 1 or p.gap_forward is None:
+            return f, None
+        g = torch.from_numpy(p.gap_forward).permute(2, 0, 1)[None]
+        conf = forward_backward_confidence(g, torch.from_numpy(p.gap_backward).permute(2, 0, 1)[None])
+        held = conf[:, None] >= GAP_CONFIDENT
+        mixed = torch.where(held, g, p.gap * f)
+        # the significance test trusts only the long flow's own check: where it failed, k × the short flow
+        # (its noise k-fold too) feeds the network but not the test, where it would look like motion
+        conf = F.interpolate(conf[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
+        return mixed, conf
+
+    def step_of(p: FramePair, f: torch.Tensor, f_in: torch.Tensor, pr: torch.Tensor,
+                conf_in: torch.Tensor | None = None) -> Step:
         nonlocal prev_back, prev_conf_back
         t0 = time.perf_counter()
         if keep_flows is not None:
@@ -159,7 +184,7 @@ def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predic
         step = Step(p.t, f"{p.t:05d}", pr, f_in, f_m, prev_back, conf_f, prev_conf_back,
                     meta={"size": p.size,
                           "base": (lambda fr=frame: cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)) if frame is not None
-                          else None})
+                          else None}, conf_in=conf_in)
         # frame t+1's flow back to t is this pair's backward flow, on frame t+1's grid
         prev_back, prev_conf_back = b_m, conf_b
         return step

@@ -21,6 +21,7 @@ from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.source import StageTimes
 from emseg.core.atomic_io import atomic_write, atomic_write_image
 from emseg.core.masks import exceptbiggest_labels, labels_at
+from emseg.video.refine import drop_specks, refined_labels
 from evaluationmodule.writers import rewrite_rows, write_json, write_npy
 
 logger = logging.getLogger(__name__)
@@ -70,21 +71,26 @@ class Writer:
 
     def _write(self, name: str, final: np.ndarray, size: tuple[int, int], base) -> None:
         t0 = time.perf_counter()
-        labels = labels_at(final, size)  # once: the mask and the overlay both use it
-        binary = exceptbiggest_labels(labels, final.shape[0])
+        frame = base() if base is not None and (self.opts.refine or self.opts.overlays or self.opts.animation) else None
+        if self.opts.refine and frame is not None:
+            labels = refined_labels(final, frame)
+            binary = drop_specks(exceptbiggest_labels(labels, final.shape[0]))
+        else:
+            labels = labels_at(final, size)  # once: the mask and the overlay both use it
+            binary = exceptbiggest_labels(labels, final.shape[0])
         t0 = self.times.add("binarise", t0)
         _png(self.out / f"{name}_binary.png", binary.astype(np.uint8) * 255)
         if self.opts.save_proba:
             write_npy(final.astype(np.float32), self.out / f"{name}_proba.npy")
         if self.opts.overlays:
-            ov = overlay(base(), labels, binary)
+            ov = overlay(frame, labels, binary)
             _png(self.out / f"{name}_overlay.png", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
             if self.opts.animation:
                 self._animate(cv2.resize(ov, self._animation_size(ov.shape), interpolation=cv2.INTER_AREA))
         elif self.opts.animation:
             # Drawn at the animation's size: a full-size overlay would cost three times as much.
             anim = self._animation_size(labels.shape)
-            small_base = cv2.resize(base(), anim, interpolation=cv2.INTER_AREA)
+            small_base = cv2.resize(frame, anim, interpolation=cv2.INTER_AREA)
             small_labels = cv2.resize(labels.astype(np.uint8), anim, interpolation=cv2.INTER_NEAREST)
             small_binary = cv2.resize(binary.astype(np.uint8), anim, interpolation=cv2.INTER_NEAREST) > 0
             self._animate(overlay(small_base, small_labels, small_binary))
