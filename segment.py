@@ -50,7 +50,7 @@ def options_of(args: argparse.Namespace) -> SegmentOptions:
         max_width=args.max_width, flow_method=args.flow_method, dis_preset=args.dis_preset,
         save_flows=args.save_flows, allow_partial=args.allow_partial, adapt_steps=args.adapt or 0,
         adapt_lr=args.adapt_lr, save_adapted=args.save_adapted, backend=args.backend, precision=args.precision,
-        keep_export=not args.no_export_cache)
+        keep_export=not args.no_export_cache, overwrite=args.overwrite)
 
 
 def early_source(args: argparse.Namespace, opts: SegmentOptions):
@@ -83,6 +83,9 @@ def main(argv=None) -> int:
     try:
         if args.adapt and not args.video:
             raise ValueError("--adapt needs --video (the clip's own flows are the training data)")
+        from emseg.app.segment.model import check_save_adapted
+
+        check_save_adapted(args.save_adapted, args.ckpt, args.overwrite)  # before minutes of adaptation
         if args.video:
             source = early_source(args, opts)
         opts.check()

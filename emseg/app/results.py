@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+
+# the run lock lives with the output-folder rules (no Lightning import there); importable from here as before
+from emseg.app.run_folder import RunLock, RunLockError  # noqa: F401
 
 # the writers of every results file are evaluationmodule.writers' (one json_safe, one CSV row writer)
 from evaluationmodule.writers import append_rows, json_safe, read_rows, rewrite_rows, write_json  # noqa: F401
@@ -36,83 +38,6 @@ SKIP_COLUMNS = ["step_label", "index", "file_name", "reason"]
 def atomic_write_json(path: str, obj: Any) -> None:
     """Strict JSON (a NaN is written as null), keys sorted, written then renamed (``evaluationmodule.writers``)."""
     write_json(obj, path, sort_keys=True)
-
-
-class RunLockError(RuntimeError):
-    pass
-
-
-class RunLock:
-    """An exclusive lock file ``DIR/.run.lock`` holding the owner's PID. A lock whose process is
-    gone is stale and taken over; a live one makes the second run refuse to start."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, ".run.lock")
-        self.held = False
-
-    def acquire(self) -> RunLock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = self._owner()
-                if pid is not None and _alive(pid):
-                    raise RunLockError(
-                        f"{os.path.dirname(self.path)!r} is in use by another run (pid {pid}{_command_of(pid)}); "
-                        f"choose another --path_save_model / --save_dir, or wait for it to finish. If pid {pid} "
-                        f"is not a run of this project (a crashed run's pid reused), delete {self.path} and start "
-                        "again") from None
-                logger.warning("removing stale lock %s (pid %s is gone)", self.path, pid)
-                try:
-                    os.remove(self.path)
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self.held = True
-            return self
-        raise RunLockError(f"could not take the lock {self.path}")
-
-    def _owner(self) -> int | None:
-        try:
-            with open(self.path) as fh:
-                return int(fh.read().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self.held:
-            try:
-                if self._owner() == os.getpid():
-                    os.remove(self.path)
-            finally:
-                self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _command_of(pid: int) -> str:
-    """``: <command line>`` of a live process where the system tells it (Linux), else ``''``."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmd = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-    return f": {cmd[:100]}" if cmd else ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as err:
-        return err.errno == errno.EPERM
-    return True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One run per output folder: a new run never mixes with, or silently replaces, an earlier one.
 
 A command that writes a run into a folder (``model_train.py --path_save_model DIR``, ``model_eval.py
---save_dir DIR``; ``segment.py`` may use the same rule) calls :func:`prepare_run_folder` once it holds
+--save_dir DIR``, ``segment.py --out DIR``) calls :func:`prepare_run_folder` once it holds
 the folder's ``RunLock`` (so a run still going is refused, never moved). When the folder holds an
 earlier run, then:
 
@@ -25,6 +25,10 @@ What counts as holding an earlier run (any of the ``markers``):
 - **training** (:data:`TRAINING`): ``results.csv``, ``last.ckpt``, ``hparams.json``,
   ``train_summary.json`` or a best checkpoint ``epoch=*.ckpt``; its files are those, ``skipped.csv``,
   the loggers' folders ``logs/`` and ``wandb/`` and the temporary files of an interrupted write;
+- **segmentation** (:data:`SEGMENTATION`, ``segment.py --out DIR``): ``manifest.json``, a mask
+  ``*_binary.png`` or the animation; its files are those, the overlays, probabilities, ``flows.npz``,
+  ``skipped.csv`` and the temporary files of an interrupted write (a flow file given as input,
+  ``*.flo`` / ``*.npy`` other than ``*_proba.npy``, is never one of them);
 - **evaluation** (:data:`EVALUATION`): ``results_*.csv`` / ``results_*.tsv`` (rows, part files,
   summaries) or ``predictions_*.tsv`` (manifests); its files are those, ``skipped_*.tsv``,
   ``eval_settings.json``, the loggers' ``logs_*/``, the scores ``evaluationmodule.Evaluation`` wrote
@@ -34,6 +38,7 @@ What counts as holding an earlier run (any of the ``markers``):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -48,6 +53,84 @@ logger = logging.getLogger(__name__)
 
 #: the lock of the run that is starting: never part of the earlier run
 LOCK_NAME = ".run.lock"
+
+
+class RunLockError(RuntimeError):
+    pass
+
+
+class RunLock:
+    """An exclusive lock file ``DIR/.run.lock`` holding the owner's PID. A lock whose process is
+    gone is stale and taken over; a live one makes the second run refuse to start."""
+
+    def __init__(self, directory: str, flag: str = "--path_save_model / --save_dir") -> None:
+        self.path = os.path.join(directory, LOCK_NAME)
+        self.flag = flag  # the option that named the folder, for the message
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = self._owner()
+                if pid is not None and _alive(pid):
+                    raise RunLockError(
+                        f"{os.path.dirname(self.path)!r} is in use by another run (pid {pid}{_command_of(pid)}); "
+                        f"choose another {self.flag}, or wait for it to finish. If pid {pid} "
+                        f"is not a run of this project (a crashed run's pid reused), delete {self.path} and start "
+                        "again") from None
+                logger.warning("removing stale lock %s (pid %s is gone)", self.path, pid)
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise RunLockError(f"could not take the lock {self.path}")
+
+    def _owner(self) -> int | None:
+        try:
+            with open(self.path) as fh:
+                return int(fh.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if self._owner() == os.getpid():
+                    os.remove(self.path)
+            finally:
+                self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _command_of(pid: int) -> str:
+    """``: <command line>`` of a live process where the system tells it (Linux), else ``''``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f": {cmd[:100]}" if cmd else ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM
+    return True
 
 
 @dataclass(frozen=True)
@@ -114,6 +197,15 @@ EVALUATION = RunLayout(
     outputs=("skipped_*.tsv", "eval_settings.json", "logs_*", "evaluation_*",
              *_tmp_patterns("results_*", "predictions_*", "skipped_*", "eval_settings.json")),
     listed=evaluation_frame_files,
+)
+
+
+SEGMENTATION = RunLayout(
+    what="segmentation", folder_flag="--out", continue_flag="",
+    markers=("manifest.json", "*_binary.png", "segmentation.mp4", "segmentation.gif"),
+    outputs=("*_overlay.png", "*_proba.npy", "flows.npz", "skipped.csv", "segmentation.tmp.mp4",
+             *_tmp_patterns("manifest.json", "*_binary.png", "*_overlay.png", "*_proba.npy", "flows.npz",
+                            "skipped.csv", "segmentation.gif")),
 )
 
 
@@ -218,9 +310,9 @@ def prepare_run_folder(folder: str | os.PathLike, layout: RunLayout, *, overwrit
             shutil.move(os.fspath(path), os.fspath(dst))
     _remove_emptied_folders(folder, files)
     previous.moved_to = target
-    logger.warning("%s %s held an earlier %s: moved its %d files to %s (%s continues a run instead; --overwrite "
-                   "removes the earlier one)", layout.folder_flag, folder, layout.what, len(files), target,
-                   layout.continue_flag)
+    hint = f"{layout.continue_flag} continues a run instead; " if layout.continue_flag else ""
+    logger.warning("%s %s held an earlier %s: moved its %d files to %s (%s--overwrite removes the earlier one)",
+                   layout.folder_flag, folder, layout.what, len(files), target, hint)
     return previous
 
 

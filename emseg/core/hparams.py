@@ -317,6 +317,9 @@ class SegmentHparams:
     """segment.py's model, network and run settings."""
 
     out: str | None = hp(None, "output directory", required=True)
+    overwrite: bool = hp(False, "a run into an --out holding an earlier segmentation removes that one's files first "
+                         "(default: they are moved aside to OUT.previous-<UTC time>); also lets --save_adapted "
+                         "replace an existing file (never the checkpoint being used)")
     ckpt: str | None = hp(None, "checkpoint, or ClassicalEM (the EM baseline)",
                           default_help=f"the bundled {BUNDLED_CKPT_NAME}")
     trust_checkpoint: bool = hp(False, "allow a legacy checkpoint you trust")

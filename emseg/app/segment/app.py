@@ -3,6 +3,7 @@ docstring says which module does what), with counts, timings and the manifest.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -47,6 +48,28 @@ def list_flows(flow: str | None = None, flows: str | None = None) -> list[Path]:
     return found
 
 
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, opts: SegmentOptions, inputs: Sequence[str | os.PathLike | None] = ()):
+    """``out`` made ready for this run and held by it: a second run into it at the same time is refused
+    (``RunLock``), and an earlier segmentation there is moved aside to ``OUT.previous-<UTC time>`` (or
+    removed with ``opts.overwrite``; emseg/app/run_folder.py), so the folder and its manifest hold this
+    run's files only. ``inputs`` are never moved or removed."""
+    from emseg.app.run_folder import SEGMENTATION, RunLock, RunLockError, prepare_run_folder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(str(out), flag="--out")
+    try:
+        lock.acquire()
+    except RunLockError as err:
+        raise ValueError(str(err)) from None
+    try:
+        prepare_run_folder(out, SEGMENTATION, overwrite=opts.overwrite, keep=inputs)
+        yield out
+    finally:
+        lock.release()
+
+
 def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, frames: Sequence[Path] | None = None,
                   batch_size: int = 8, gif: bool = True, progress: bool = True,
                   opts: SegmentOptions | None = None) -> dict:
@@ -55,8 +78,12 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
     if opts is None:
         opts = SegmentOptions(batch_size=batch_size, animation=gif, progress=progress, overlays=True, save_proba=True)
     opts.check()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(out, opts, [*flow_paths, *(frames or [])]) as out:
+        return _segment_flows(model, flow_paths, out, frames, opts)
+
+
+def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequence[Path] | None,
+                   opts: SegmentOptions) -> dict:
     img_size = tuple(model.hparams["img_size"])
     predict = make_predictor(model, opts.backend, opts.precision, keep_export=opts.keep_export)
     stages = SequenceStages(opts, model.hparams.get("param_model", "Quadratic"))
@@ -166,8 +193,16 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     if opts is None:
         opts = SegmentOptions(**kw)
     opts.check()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_folder(out, opts, [video, opts.save_adapted]) as out:
+            return _segment_video(model, video, out, opts, source)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _segment_video(model, video: str | os.PathLike, out: Path, opts: SegmentOptions,
+                   source: VideoSource | None) -> dict:
     t_start = time.perf_counter()
     if source is not None and (opts.adapt_steps > 0 or source.flow_width != flow_width_of(model, opts.max_width)):
         logger.info("the flow was started at another width than the model's: computing it again")
@@ -185,7 +220,7 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
         model = as_methode_b(model)  # fine-tuning needs the LightningModule's loss
         model, adapt_summary = adapt(model, flows, steps=opts.adapt_steps, lr=opts.adapt_lr, progress=opts.progress)
         if opts.save_adapted:
-            save_adapted(model, opts.save_adapted)
+            save_adapted(model, opts.save_adapted, overwrite=opts.overwrite)
         del flows
     t_seg = time.perf_counter()
     img_size = tuple(model.hparams["img_size"])

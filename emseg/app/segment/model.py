@@ -188,12 +188,32 @@ def make_predictor(model, backend: str | None = None, precision: str = "fp32", t
     return predict_cpu
 
 
-def save_adapted(model, path: str | os.PathLike) -> None:
-    """The adapted weights as a checkpoint that ``--ckpt`` (and ``MethodeB.load_from_checkpoint``) reads."""
-    import torch
+def check_save_adapted(path: str | os.PathLike | None, ckpt: str | os.PathLike | None = None,
+                       overwrite: bool = False) -> None:
+    """ValueError, before any work, when ``--save_adapted`` would destroy a checkpoint: the one being
+    adapted (``--ckpt``, the bundled model by default) or the bundled model, always; any other existing
+    file unless ``overwrite``."""
+    if path is None:
+        return
+    target = Path(path)
+    sources = [BUNDLED_CKPT] + ([Path(ckpt)] if ckpt and str(ckpt) != CLASSICAL_EM else [])
+    for src in sources:
+        same = (target.exists() and src.exists() and os.path.samefile(target, src)) or \
+            target.resolve() == src.resolve()
+        if same:
+            what = "the bundled model" if src == BUNDLED_CKPT else "the checkpoint being adapted (--ckpt)"
+            raise ValueError(f"--save_adapted {target} is {what}; it is never written over: give another path")
+    if target.exists() and not overwrite:
+        raise ValueError(f"--save_adapted {target} exists; pass --overwrite to replace it, or give another path")
 
-    from emseg.core.atomic_io import atomic_write
 
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+def save_adapted(model, path: str | os.PathLike, overwrite: bool = False,
+                 ckpt: str | os.PathLike | None = None) -> None:
+    """The adapted weights as a checkpoint that ``--ckpt`` (and ``MethodeB.load_from_checkpoint``) reads,
+    written then renamed (a full disk leaves no partial file; its error names the file)."""
+    from Models.checkpoint_io import save_checkpoint_file
+
+    check_save_adapted(path, ckpt, overwrite)
+    ckpt_obj = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(path), lambda p: torch.save(ckpt, p))
+    save_checkpoint_file(ckpt_obj, Path(path))

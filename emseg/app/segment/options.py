@@ -46,6 +46,7 @@ class SegmentOptions:
     backend: str | None = _default("backend")       #: None: the fastest exact one installed (Models.backends)
     keep_export: bool = not _default("no_export_cache")  #: keep the exported network in the cache for the next run
     precision: str = _default("precision")
+    overwrite: bool = _default("overwrite")         #: remove an earlier run in --out (else moved aside)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Ahead", "FramePair", "StageTimes", "VideoError", "VideoSource", "open_video", "threaded", "video_pairs"]
 
+#: the smallest frame side OpenCV's flow estimators work on (DIS's coarsest patch and pyramid)
+MIN_FLOW_SIDE = 12
 #: how many decoded frame pairs the flow thread may keep ahead of the network, in bytes: enough for a
 #: short clip to be decoded whole while the model loads, and memory still flat for a long video
 AHEAD_BYTES = 256 << 20
@@ -200,6 +202,13 @@ class VideoSource:
         self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         cap.release()
+        w = min(self.width, flow_width) if flow_width else self.width
+        h = round(self.height * w / self.width) if self.width else self.height
+        if self.width and self.height and min(w, h) < MIN_FLOW_SIDE:
+            raise VideoError(f"--video {video}: {self.width}x{self.height} frames"
+                             + (f" ({w}x{h} at the flow's width)" if (w, h) != (self.width, self.height) else "")
+                             + f" are too small for the optical flow, which needs at least {MIN_FLOW_SIDE} pixels "
+                               "a side")
         self.stats: dict = {}
         self.times = StageTimes()
         self._pairs: Ahead | None = None
