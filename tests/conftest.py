@@ -30,6 +30,19 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["XDG_CACHE_HOME"] = _CACHE
 
 
+@pytest.fixture(autouse=True)
+def _default_sigchld():
+    """After each test, SIGCHLD's default disposition again. torch's DataLoader installs a SIGCHLD handler
+    in the test process the first time a test runs worker processes, and keeps it; a later test whose
+    subprocess then ended crashed the whole process (SIGSEGV) in that handler, order-dependently
+    (tests/test_data_dataset.py's persistent worker, then tests/test_fast_start.py's segment.py run).
+    The command lines never hit it: none starts a subprocess after a DataLoader."""
+    import signal
+
+    yield
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def tiny_split(tmp_path_factory) -> tuple[str, str]:
     """(base_dir, data_file prefix) of a 24/8/8-sample synthetic split at 64 × 112."""
