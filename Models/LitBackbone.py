@@ -81,6 +81,15 @@ class Backbone(nn.Module):
                               features_start=features_start, bilinear=bilinear,
                               inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn)
 
+    @classmethod
+    def from_hparams(cls, hp: dict) -> Backbone:
+        """The backbone a model's hyperparameters (``emseg/core/hparams.py``'s keys) describe: MethodeB's
+        and the plain inference network's, so that both have the same modules."""
+        return cls(inputs=hp["inputs"], backbone=hp["backbone"], features_backbone=int(hp["features_backbone"]),
+                   num_layers=int(hp["unet.num_layers"]), features_start=int(hp["unet.features_start"]),
+                   bilinear=bool(hp["bilinear"]), inner_normalisation=hp["inner_normalisation"],
+                   padding_mode=hp["padding_mode"], train_bn=bool(hp["train_bn"]))
+
     def prepare_input(self, batch: dict) -> Tensor:
         return self.batch_prep.prepare_batch(batch)
 

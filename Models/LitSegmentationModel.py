@@ -178,11 +178,7 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
         self.save_hyperparameters(hp)
         self.L = int(hp["nAffineMasks"])
         if self.has_network:
-            self.backbone_model = Backbone(
-                inputs=hp["inputs"], backbone=hp["backbone"], features_backbone=int(hp["features_backbone"]),
-                num_layers=int(hp["unet.num_layers"]), features_start=int(hp["unet.features_start"]),
-                bilinear=bool(hp["bilinear"]), inner_normalisation=hp["inner_normalisation"],
-                padding_mode=hp["padding_mode"], train_bn=bool(hp["train_bn"]))
+            self.backbone_model = Backbone.from_hparams(hp)
             self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
 
     @classmethod

@@ -51,6 +51,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -273,18 +274,24 @@ def _seal_path(path: Path) -> Path:
     return path.with_name(path.name + _SEAL_SUFFIX)
 
 
+def _read_seal(seal: Path, why_missing: str = "") -> tuple[Any, str | None]:
+    """The SHA-256 record of a seal file, or (None, why it cannot be read)."""
+    try:
+        return json.loads(seal.read_text())["sha256"], None
+    except FileNotFoundError:
+        return None, f"no seal {seal.name}{why_missing}"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"unreadable seal {seal.name} ({err})"
+
+
 def verify_export(path: str | os.PathLike, name: str) -> str | None:
     """Why the cached export ``path`` of backend ``name`` cannot be used, or None when every one of its
     files is there with the exact bytes its seal (``<file>.sha256.json``, written last) records."""
     path = Path(path)
     files = [path.with_suffix(sfx) for sfx in _EXPORT_SUFFIXES[name]]
-    seal = _seal_path(path)
-    try:
-        recorded = json.loads(seal.read_text())["sha256"]
-    except FileNotFoundError:
-        return f"no seal {seal.name} (an export of an older version, or one interrupted)"
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"unreadable seal {seal.name} ({err})"
+    recorded, problem = _read_seal(_seal_path(path), " (an export of an older version, or one interrupted)")
+    if problem:
+        return problem
     for f in files:
         try:
             digest = _sha256(f)
@@ -322,13 +329,9 @@ def verify_compiled(folder: str | os.PathLike) -> str | None:
     """Why OpenVINO's compiled-network folder ``folder`` cannot be used, or None when it holds exactly the
     files, with the exact bytes, that its seal (``<folder>.sha256.json``) records."""
     folder = Path(folder)
-    seal = _seal_path(folder)
-    try:
-        recorded = json.loads(seal.read_text())["sha256"]
-    except FileNotFoundError:
-        return f"no seal {seal.name}"
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"unreadable seal {seal.name} ({err})"
+    recorded, problem = _read_seal(_seal_path(folder))
+    if problem:
+        return problem
     try:
         found = _folder_hashes(folder)
     except OSError as err:

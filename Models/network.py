@@ -84,11 +84,7 @@ class SegmentationNetwork(nn.Module):
         # Registered first, as CoherenceNet's: a module's own buffers come first in its state dict,
         # so the keys are MethodeB's in MethodeB's order (the digest hashes them in order).
         self.register_buffer("XoT", cm.make_basis(hp["param_model"], hp["img_size"]))
-        self.backbone_model = Backbone(
-            inputs=hp["inputs"], backbone=hp["backbone"], features_backbone=int(hp["features_backbone"]),
-            num_layers=int(hp["unet.num_layers"]), features_start=int(hp["unet.features_start"]),
-            bilinear=bool(hp["bilinear"]), inner_normalisation=hp["inner_normalisation"],
-            padding_mode=hp["padding_mode"], train_bn=bool(hp["train_bn"]))
+        self.backbone_model = Backbone.from_hparams(hp)
         self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
 
     @property
