@@ -56,8 +56,7 @@ class SegmentOptions:
 
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
-        if not 1 <= self.gap <= 16:
-            raise ValueError(f"--gap must be between 1 and 16 frames, got {self.gap}")
+        _in_range("gap", self.gap)
         check_min_motion(self.min_motion, "--min_motion")
         _finite_at_least(self.fusion_weight, 0, "--fusion_weight")
         if self.max_width is not None and self.max_width < 8:
@@ -72,6 +71,15 @@ class SegmentOptions:
             raise ValueError(f"--backend must be one of {list(H.INFERENCE_BACKENDS)}, got {self.backend!r}")
         if self.precision not in H.INFERENCE_PRECISIONS:
             raise ValueError(f"--precision must be one of {list(H.INFERENCE_PRECISIONS)}, got {self.precision!r}")
+
+
+def _in_range(key: str, value: float) -> None:
+    """``value`` checked by the range its flag declares in ``emseg/core/hparams.py`` (one bound, not a copy)."""
+    spec = H.spec_map(*H.SEGMENT_GROUPS)[key]
+    try:
+        spec.meta["parse"](value)
+    except ValueError as err:
+        raise ValueError(f"{spec.flag} {err}") from None
 
 
 def _finite_at_least(value: float, low: float, flag: str, open_: bool = False) -> None:
