@@ -43,6 +43,22 @@ def _default_sigchld():
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
+#: a MethodeB small enough to build, run and export in a fraction of a second
+SMALL = {"unet.num_layers": 3, "unet.features_start": 8, "img_size": [32, 48]}
+
+
+@pytest.fixture()
+def small_ckpt(tmp_path) -> str:
+    """A checkpoint of a freshly seeded :data:`SMALL` MethodeB (weights and hyperparameters only)."""
+    from Models.CoherenceNets.MethodeB import MethodeB
+
+    torch.manual_seed(0)
+    model = MethodeB(**SMALL)
+    path = tmp_path / "small.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_split(tmp_path_factory) -> tuple[str, str]:
     """(base_dir, data_file prefix) of a 24/8/8-sample synthetic split at 64 × 112."""

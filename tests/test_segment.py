@@ -24,19 +24,10 @@ from emseg.app.segmentation import (
     segment_video,
 )
 from Models.CoherenceNets.MethodeB import MethodeB
-from tests.conftest import ROOT, read_csv, run_cli
+from tests.conftest import ROOT, SMALL, read_csv, run_cli  # noqa: F401  (SMALL: importable from here as before)
 
 FLO = str(Path(ROOT) / "images" / "00000.flo")
-SMALL = {"unet.num_layers": 3, "unet.features_start": 8, "img_size": [32, 48]}
 
-
-@pytest.fixture()
-def small_ckpt(tmp_path):
-    torch.manual_seed(0)
-    model = MethodeB(**SMALL)
-    path = tmp_path / "small.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return str(path)
 
 
 def moving_square_flow(H=40, W=60, shift=2.0):

@@ -10,27 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from emseg.app.run_folder import RunLock
 from emseg.app.segment.app import segment_flows, segment_video
 from emseg.app.segment.model import BUNDLED_CKPT, check_save_adapted, load_segmenter
 from emseg.app.segment.options import SegmentOptions
 from emseg.core.flow_io import write_flow
-from Models.CoherenceNets.MethodeB import MethodeB
 from tests.conftest import run_cli
-from tests.test_segment import SMALL, write_clip
+from tests.test_segment import write_clip
 
 OPTS = dict(progress=False, animation=False, backend="torch")
 
 
 @pytest.fixture()
-def model(tmp_path):
-    torch.manual_seed(0)
-    net = MethodeB(**SMALL)
-    path = tmp_path / "small.ckpt"
-    torch.save({"state_dict": net.state_dict(), "hyper_parameters": dict(net.hparams)}, path)
-    return load_segmenter(str(path), device="cpu"), path
+def model(small_ckpt):
+    return load_segmenter(small_ckpt, device="cpu"), Path(small_ckpt)
 
 
 def _flows(folder: Path, n: int) -> list[Path]:
