@@ -65,13 +65,24 @@ def check_min_motion(value: float, name: str = "min_motion") -> float:
 @dataclass
 class Significance:
     """What :func:`significant_foreground` decided: the kept foreground (I, J) bool, the noise σ,
-    and per region (label id in ``regions`` (I, J) int32, 0 = background) its departure and verdict."""
+    the departure a region must exceed (``threshold`` = max(min_motion · σ, MIN_DEPARTURE_PX); nan when
+    untested), and per region (label id in ``regions`` (I, J) int32, 0 = background) its departure
+    (nan: a speck or an unconfident region, never kept) and verdict."""
 
     foreground: np.ndarray
     regions: np.ndarray
     sigma: float
     departures: dict[int, float]
     kept: dict[int, bool]
+    threshold: float = float("nan")
+
+    def scores(self) -> dict[int, float]:
+        """Each region's departure over the threshold, z (kept by this one-frame test when z > 1); nan
+        for an untestable region. Untested (``min_motion`` 0 or no region): every region scores inf."""
+        if not math.isfinite(self.threshold):
+            return {k: math.inf for k in self.kept}
+        t = max(self.threshold, 1e-12)
+        return {k: v / t if math.isfinite(v) else math.nan for k, v in self.departures.items()}
 
 
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float = 0.5) -> float:
@@ -142,7 +153,8 @@ def _verdict(fg: np.ndarray, n: int, regions: np.ndarray, resid: np.ndarray, con
         departures[k] = _weighted_quantile(resid[sel], conf[sel])
         keep[k] = departures[k] > threshold
     kept_fg = keep[regions] & fg
-    return Significance(kept_fg, regions, float(sigma), departures, {k: bool(keep[k]) for k in range(1, n)})
+    return Significance(kept_fg, regions, float(sigma), departures, {k: bool(keep[k]) for k in range(1, n)},
+                        float(threshold))
 
 
 def significant_foregrounds(preds: Sequence[Tensor], flows: Sequence[Tensor],

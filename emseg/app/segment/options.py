@@ -29,6 +29,7 @@ class SegmentOptions:
     refine: bool = not _default("no_refine")        #: edge-aware upsampling by the frame (video)
     fusion_weight: float = _default("fusion_weight")  #: a neighbour's weight (× its confidence) against the frame's 1
     min_motion: float = _default("min_motion")      #: stage 4; 0 turns it off
+    track_frames: int = _default("track_frames")  #: stage 4 over tracks; 1: each frame alone
     overlays: bool = False   #: --overlays' default (None) for a video; flow files turn it on
     save_proba: bool = False  #: likewise
     animation: bool = not _default("no_animation")
@@ -57,6 +58,7 @@ class SegmentOptions:
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         _in_range("gap", self.gap)
+        _in_range("track_frames", self.track_frames)
         check_min_motion(self.min_motion, "--min_motion")
         _finite_at_least(self.fusion_weight, 0, "--fusion_weight")
         if self.max_width is not None and self.max_width < 8:

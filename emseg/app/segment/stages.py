@@ -19,6 +19,7 @@ from emseg.app.segment.source import FramePair, StageTimes
 from emseg.core.significance import significant_foregrounds, suppress
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow
 from emseg.video.temporal import align_identities, carry, fuse
+from emseg.video.tracks import TrackGate
 
 #: a pixel's flow to t+gap is used where its forward-backward confidence is at least this
 GAP_CONFIDENT = 0.5
@@ -54,6 +55,9 @@ class SequenceStages:
         self._perm: list[int] | None = None
         self.dropped_regions = 0
         self.kept_regions = 0
+        # a region is judged over its track unless frames are segmented alone
+        self.gate = (TrackGate(min_frames=opts.track_frames)
+                     if opts.temporal and opts.min_motion > 0 and opts.track_frames > 1 else None)
 
     def push(self, step: Step) -> list[Step]:
         """The steps finished by this one (at most one: the previous frame, once its next is known)."""
@@ -69,12 +73,10 @@ class SequenceStages:
             return self._settle(out)
 
     def finish(self) -> list[Step]:
-        if self.pending is None:
-            return []
         with torch_threads(1):
-            out = [self._fuse(self.pending, self.last, None)]
+            out = [] if self.pending is None else [self._fuse(self.pending, self.last, None)]
             self.pending = self.last = None
-            return self._settle(out)
+            return self._settle(out, final=True)
 
     def _advance(self, step: Step) -> list[Step]:
         if not self.opts.temporal:
@@ -107,21 +109,36 @@ class SequenceStages:
         target.meta["final"] = fused
         return target
 
-    def _settle(self, steps: list[Step]) -> list[Step]:
-        """Stage 4 on fused steps: their dropped regions go to the background."""
-        if self.opts.min_motion <= 0 or not steps:
+    def _settle(self, steps: list[Step], final: bool = False) -> list[Step]:
+        """Stage 4 on fused steps: their dropped regions go to the background. With the track gate,
+        the steps come out ``horizon`` frames later, judged over their tracks."""
+        if self.opts.min_motion <= 0 or (not steps and self.gate is None):
             return steps
-        fused = [s.meta["final"] for s in steps]
-        confs = [s.conf_forward if s.conf_in is None else s.conf_in for s in steps]
-        sigs = significant_foregrounds(fused, [s.flow_in for s in steps], confs,
-                                       min_motion=self.opts.min_motion, param_model=self.param_model)
-        for s, f, sig in zip(steps, fused, sigs):
-            dropped = ~sig.foreground & (sig.regions > 0)
-            n_kept = sum(sig.kept.values())
-            self.kept_regions += n_kept
-            self.dropped_regions += len(sig.kept) - n_kept
-            s.meta["final"] = suppress(f, dropped, sig.foreground)
-        return steps
+        sigs = []
+        if steps:
+            confs = [s.conf_forward if s.conf_in is None else s.conf_in for s in steps]
+            sigs = significant_foregrounds([s.meta["final"] for s in steps], [s.flow_in for s in steps], confs,
+                                           min_motion=self.opts.min_motion, param_model=self.param_model)
+        if self.gate is None:
+            return [self._apply(s, sig, sig.kept) for s, sig in zip(steps, sigs)]
+        decided = []
+        for s, sig in zip(steps, sigs):
+            decided += self.gate.push(sig.regions, len(sig.kept) + 1, sig.scores(), s.to_prev, (s, sig))
+        if final:
+            decided += self.gate.finish()
+        return [self._apply(s, sig, keep) for (s, sig), keep in decided]
+
+    def _apply(self, step: Step, sig, keep: dict[int, bool]) -> Step:
+        kept = np.zeros(len(sig.kept) + 1, dtype=bool)
+        for k, v in keep.items():
+            kept[k] = v
+        fg = kept[sig.regions] & (sig.regions > 0)
+        dropped = ~fg & (sig.regions > 0)
+        n_kept = int(kept.sum())
+        self.kept_regions += n_kept
+        self.dropped_regions += len(sig.kept) - n_kept
+        step.meta["final"] = suppress(step.meta["final"], dropped, fg)
+        return step
 
 
 def _conf(conf: torch.Tensor | None, inside: torch.Tensor) -> torch.Tensor:
