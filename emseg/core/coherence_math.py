@@ -13,12 +13,18 @@ The solvers work internally in a *conditioned* basis X' = X M (the same monomial
 centred and scaled to [-1, 1]): the quadratic monomials of [0, 1) coordinates give normal
 matrices with condition numbers near 1e5, the centred ones near 10, so float32 accumulation is
 safe. X θ = X' θ' exactly with θ = M θ', so the parametric flow never depends on the choice.
+
+Space-time models (``ST_MODELS``, the functions named ``…_clip``; docs/METHOD.md, "Space-time
+bases") fit one motion per segment over a clip of T frames: ``pred`` (B, L, T, I, J), ``flow``
+(B, 2, T, I, J), ``X`` (T·I·J, ft_t·ft_s) = temporal ⊗ spatial basis, voxels flattened t slowest,
+then i, then j; the same solvers run on the clip's voxels as if they were one frame's pixels.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -27,7 +33,7 @@ import torch
 from torch import Tensor
 
 # the accepted names, defined without torch so that the settings' choices need no torch; re-exported
-from emseg.core.method_names import FT, THETA_METHODS, V_DISTANCES  # noqa: F401
+from emseg.core.method_names import FT, ST_MODELS, THETA_METHODS, V_DISTANCES  # noqa: F401
 
 ENTROPY_FLOOR = 1e-4
 
@@ -571,16 +577,24 @@ def fit_theta(pred: Tensor, flow: Tensor, param_model: str, v_distance: str, the
     B, L, I, J = pred.shape
     dtype = torch.float64 if torch.float64 in (pred.dtype, flow.dtype) else torch.float32
     Xc, XX, M = conditioned_basis(param_model, (I, J), pred.device, dtype)
+    return _fit_flat(pred, flow, I * J, Xc, XX, v_distance, theta_method, dtype, **solver_kw), Xc, M
+
+
+def _fit_flat(pred: Tensor, flow: Tensor, N: int, Xc: Tensor, XX: Tensor, v_distance: str, theta_method: str,
+              dtype: torch.dtype, **solver_kw) -> Tensor:
+    """The solver dispatch of :func:`fit_theta` and :func:`fit_theta_clip`: pred (B, L, ...) and
+    flow (B, 2, ...) flattened to N pixels (or voxels), detached, in ``dtype``, autocast off → θ'."""
+    B, L = pred.shape[:2]
     with torch.no_grad(), torch.autocast(pred.device.type, enabled=False):
-        p = pred.detach().reshape(B, L, I * J).to(dtype)
-        f = flow.detach().reshape(B, 2, I * J).to(dtype)
+        p = pred.detach().reshape(B, L, N).to(dtype)
+        f = flow.detach().reshape(B, 2, N).to(dtype)
         if theta_method == "OLS" or v_distance == "squared":
             theta_c = fit_theta_ols(p, f, Xc, XX)
         elif theta_method == "IRLS":
             theta_c = fit_theta_irls(p, f, Xc, XX, v_distance, **solver_kw)
         else:
             theta_c = fit_theta_optim(p, f, Xc, XX, v_distance, **solver_kw)
-    return theta_c, Xc, M
+    return theta_c
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,7 +711,13 @@ def em_segment(flow: Tensor, n_masks: int, param_model: str = "Quadratic", v_dis
 
 
 def flow_from_theta(theta: Tensor, param_model: str, img_size: Sequence[int]) -> Tensor:
-    """Flow fields from θ in the original basis: theta (B, L, ft, 2) → (B, L, 2, I, J)."""
+    """Flow fields from θ in the original basis: theta (B, L, ft, 2) → (B, L, 2, I, J).
+
+    A space-time ``param_model`` (``ST_MODELS``) takes ``img_size`` = (T, I, J) and gives
+    (B, L, 2, T, I, J): :func:`flow_from_theta_clip`.
+    """
+    if param_model in ST_MODELS:
+        return flow_from_theta_clip(theta, param_model, img_size)
     X = make_basis(param_model, img_size, device=theta.device, dtype=torch.float64)
     B, L = theta.shape[:2]
     return layer_flows(X, theta.double()).to(theta.dtype).reshape(B, L, 2, int(img_size[0]), int(img_size[1]))
@@ -724,3 +744,274 @@ def mean_vector_norm(flow: Tensor) -> Tensor:
     """Mean per-pixel vector norm of flow (B, 2, I, J) → (B,)."""
     return torch.linalg.vector_norm(flow, dim=1).flatten(1).mean(1)
 
+
+# --------------------------------------------------------------------------------------------
+# Space-time models: one parametric motion per segment over a clip of T frames
+# --------------------------------------------------------------------------------------------
+# A segment's flow over the clip is Σ_{τ,s} θ[τ·ft_s + s] · b_τ(t) · x_s(i, j): the spatial basis x
+# (Affine or Quadratic, as above) times a temporal basis b (ft_t functions of the frame index t).
+# The clip basis (T·I·J, ft_t·ft_s) has its rows (voxels) ordered t slowest, then i, then j, and its
+# columns τ slowest, so θ (B, L, ft, 2) reads ``theta.unflatten(-2, (ft_t, ft_s))`` (B, L, ft_t, ft_s, 2):
+# a spatial θ per temporal function. The solvers are the frame ones, run on the clip's voxels.
+def check_st_model(param_model: str) -> tuple[str, str, int]:
+    """(spatial model, ``"poly"`` or ``"bspline"``, degree d or spacing K) of a space-time model, or a
+    ValueError listing the valid names (``ST_MODELS``)."""
+    if param_model not in ST_MODELS:
+        raise ValueError(f"space-time param_model must be one of {list(ST_MODELS)}, got {param_model!r}")
+    return ST_MODELS[param_model]
+
+
+def _check_frames(T: int) -> int:
+    try:
+        n = operator.index(T)  # ints, numpy ints, 0-d integer tensors; not floats
+    except TypeError:
+        n = None
+    if n is None or isinstance(T, bool) or n < 1:
+        raise ValueError(f"expected a clip of T >= 1 frames, got T = {T!r}")
+    return n
+
+
+def temporal_ft(param_model: str, T: int) -> int:
+    """ft_t, the number of temporal functions of ``param_model`` over T frames: d + 1 for
+    ``…ST<d>``; n + 3 for ``…BSpline<K>``, n = ⌈(T − 1)/K⌉ knot intervals over the clip (see
+    :func:`bspline_knots`)."""
+    _, kind, n = check_st_model(param_model)
+    T = _check_frames(T)
+    return n + 1 if kind == "poly" else -(-(T - 1) // n) + 3
+
+
+def bspline_knots(param_model: str, T: int) -> tuple[float, list[float]]:
+    """(h, centres) of a ``…BSpline<K>`` model over T frames, in frames.
+
+    The clip [0, T − 1] is cut into n = ⌈(T − 1)/K⌉ equal intervals of h = (T − 1)/n frames: h = K
+    when K divides T − 1, otherwise the largest spacing below K that makes both ends of the clip
+    knots (a fixed K would leave an end function touching the clip on a frame or two, with values
+    near 1e-3, and its control point all but undetermined). The n + 3 cubic B-splines are centred
+    on −h, 0, h, …, (n + 1)·h: every one whose support (c − 2h, c + 2h) meets the clip. T = 1: h = K.
+    """
+    _, kind, K = check_st_model(param_model)
+    if kind != "bspline":
+        raise ValueError(f"expected a B-spline space-time model (…BSpline<K>), got {param_model!r}")
+    ft_t = temporal_ft(param_model, T)
+    n = ft_t - 3
+    h = (T - 1) / n if n else float(K)
+    return h, [(m - 1) * h for m in range(ft_t)]
+
+
+def st_ft(param_model: str, T: int) -> int:
+    """ft = ft_t · ft_s, the number of parameters per flow component of a space-time model over T frames."""
+    return temporal_ft(param_model, T) * FT[check_st_model(param_model)[0]]
+
+
+def bspline3(x: Tensor) -> Tensor:
+    """The centred cardinal cubic B-spline β3, elementwise: 2/3 − x² + |x|³/2 for |x| < 1,
+    (2 − |x|)³/6 for 1 ≤ |x| < 2, 0 beyond (β3(0) = 2/3, β3(±1) = 1/6; integer shifts sum to 1)."""
+    a = x.abs()
+    inner = 2.0 / 3.0 - a * a + 0.5 * a * a * a
+    outer = torch.clamp(2.0 - a, min=0.0) ** 3 / 6.0
+    return torch.where(a < 1, inner, outer)
+
+
+def _legendre(x: Tensor, d: int) -> list[Tensor]:
+    """[P_0(x), …, P_d(x)] by Bonnet's recurrence (n + 1) P_{n+1} = (2n + 1) x P_n − n P_{n−1}."""
+    P = [torch.ones_like(x), x]
+    for n in range(1, d):
+        P.append(((2 * n + 1) * x * P[n] - n * P[n - 1]) / (n + 1))
+    return P[: d + 1]
+
+
+def temporal_basis(param_model: str, T: int, centered: bool = False, device=None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """The temporal basis of a space-time model, (T, ft_t): row t is frame t of the clip.
+
+    ``…ST<d>`` (polynomial of degree d): [t^d, …, t, 1] of the frame index t = 0 … T − 1 (so a
+    θ's coefficients are per-frame rates, whatever the clip's length); ``centered``: the Legendre
+    polynomials [P_d(τ), …, P_1(τ), 1] of τ = linspace(−1, 1, T), nearly orthogonal over the clip
+    (the temporal counterpart of the centred spatial coordinates; the Gram of the monomials of t
+    grows like T^(2d)). The constant comes last, like the spatial bases' 1.
+    ``…BSpline<K>``: the cubic B-splines β3((t − c_m)/h), m = 0 … ft_t − 1, with h and the centres
+    c_m of :func:`bspline_knots`; they sum to 1 at every frame and take 1/6, 2/3, 1/6 at a knot.
+    ``centered``: an orthonormal basis of their span on the clip's frames (QR, scaled by √T so the
+    entries stay O(1)): the B-splines' own Gram has condition numbers of 1e3 and more, the end
+    functions touching the clip only at a few frames with small values.
+
+    ``centered`` (the solvers' basis) raises a ValueError when the ft_t functions are not independent
+    on T frames (T < d + 1, or too few frames for the B-splines' control points).
+    """
+    _, kind, n = check_st_model(param_model)
+    ft_t = temporal_ft(param_model, T)
+    t = torch.arange(T, device=device, dtype=torch.float64)
+    if kind == "poly":
+        X = torch.stack([t ** p for p in range(n, 0, -1)] + [torch.ones_like(t)], dim=-1)
+    else:
+        h, centres = bspline_knots(param_model, T)
+        X = bspline3((t[:, None] - torch.tensor(centres, device=device, dtype=torch.float64)) / h)
+    if not centered:
+        return X.to(dtype)
+    rank = int(torch.linalg.matrix_rank(X.cpu()))
+    if rank < ft_t:
+        raise ValueError(f"{param_model} over T = {T} frames has {ft_t} temporal functions but only {rank} "
+                         f"independent ones on the clip's frames: use a longer clip or a simpler model")
+    if kind == "poly":
+        x = torch.linspace(-1.0, 1.0, T, device=device, dtype=torch.float64)
+        return torch.stack(_legendre(x, n)[::-1], dim=-1).to(dtype)
+    return (torch.linalg.qr(X.cpu()).Q * math.sqrt(T)).to(device=device, dtype=dtype)
+
+
+def _space_time(Xt: Tensor, Xs: Tensor) -> Tensor:
+    """Row-wise Kronecker product: Xt (T, ft_t), Xs (N, ft_s) → (T·N, ft_t·ft_s) with
+    X[t·N + n, τ·ft_s + s] = Xt[t, τ] · Xs[n, s]."""
+    T, ft_t = Xt.shape
+    N, ft_s = Xs.shape
+    return (Xt[:, None, :, None] * Xs[None, :, None, :]).reshape(T * N, ft_t * ft_s)
+
+
+def _clip_size(clip_size: Sequence[int]) -> tuple[int, int, int]:
+    if len(clip_size) != 3:
+        raise ValueError(f"expected a clip size (T, I, J), got {tuple(clip_size)}")
+    T, I, J = (int(v) for v in clip_size)
+    return _check_frames(T), I, J
+
+
+def make_basis_clip(param_model: str, clip_size: Sequence[int], centered: bool = False, device=None,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
+    """The space-time basis ``X`` (T·I·J, ft_t·ft_s) over a clip (T, I, J): temporal basis
+    (:func:`temporal_basis`) ⊗ spatial basis (:func:`make_basis`), rows t slowest then i then j,
+    columns τ slowest. Original coordinates t, i/I, j/J, or the centred ones if ``centered``."""
+    spatial = check_st_model(param_model)[0]
+    T, I, J = _clip_size(clip_size)
+    Xs = make_basis(spatial, (I, J), centered, device=device, dtype=torch.float64)
+    Xt = temporal_basis(param_model, T, centered, device=device, dtype=torch.float64)
+    return _space_time(Xt, Xs).to(dtype)
+
+
+@functools.lru_cache(maxsize=8)  # clip bases are T times a frame's: keep fewer
+def _conditioning_clip(param_model: str, T: int, I: int, J: int, device_str: str,
+                       dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    """(X' (T·I·J, ft), X'⊗X' (T·I·J, ft²) in ``dtype``, M float64 (ft, ft)) with X' = X M."""
+    spatial = ST_MODELS[param_model][0]
+    device = torch.device(device_str)
+    Xct = temporal_basis(param_model, T, centered=True, dtype=torch.float64)  # checks identifiability
+    ft_t = Xct.shape[1]
+    # M_s exactly as the frame model's (_conditioning) computes it, so that one frame (T = 1) of a
+    # degree-0 model is bit for bit the frame model.
+    Xs = make_basis(spatial, (I, J), device=device, dtype=torch.float64)
+    Xcs = make_basis(spatial, (I, J), centered=True, device=device, dtype=torch.float64)
+    Ms = torch.linalg.lstsq(Xs.cpu(), Xcs.cpu()).solution.to(device)
+    # The centred temporal functions lie in the span of the original ones (Legendre polynomials of
+    # τ = 2t/(T − 1) − 1 are polynomials of t; the orthonormalised B-splines combinations of them).
+    Mt = torch.linalg.lstsq(temporal_basis(param_model, T, dtype=torch.float64), Xct).solution
+    # (Xt ⊗ Xs)(Mt ⊗ Ms) = (Xt Mt) ⊗ (Xs Ms) row-wise (mixed-product property). With d = 0, Mt = [1]:
+    # M_s itself, memory layout included (lstsq answers column-major), for the same θ bits.
+    M = Ms if ft_t == 1 else torch.kron(Mt.to(device).contiguous(), Ms.contiguous())
+    Xc = _space_time(Xct.to(device), Xcs)
+    ft = Xc.shape[1]
+    # The products in float64 then rounded, as the frame model's, but a frame at a time: the float64
+    # (T·I·J, ft²) whole would double the peak memory of the largest tensor here.
+    XX = torch.empty(Xc.shape[0], ft * ft, dtype=dtype, device=device)
+    for a in range(0, Xc.shape[0], I * J):
+        Xr = Xc[a:a + I * J]
+        XX[a:a + I * J] = (Xr[:, :, None] * Xr[:, None, :]).reshape(-1, ft * ft).to(dtype)
+    return Xc.to(dtype), XX, M
+
+
+def conditioned_basis_clip(param_model: str, clip_size: Sequence[int], device=None,
+                           dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    """Cached ``(Xc (T·I·J, ft), XcXc (T·I·J, ft²), M (ft, ft))`` with ``Xc = make_basis_clip(...) @ M``
+    for a clip (T, I, J); do not modify. M = M_t ⊗ M_s, the temporal and spatial changes of basis.
+
+    A ValueError if the temporal functions are not independent on T frames (T < d + 1, or too few
+    frames for the B-splines' control points). Memory: XcXc holds T·I·J·ft² numbers (QuadraticST1,
+    T = 5 at 128 × 224: 83 MB in float32), as the frame solvers need them.
+    """
+    check_st_model(param_model)
+    T, I, J = _clip_size(clip_size)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return _conditioning_clip(param_model, T, I, J, str(device), dtype)
+
+
+def check_pred_flow_clip(pred: Tensor, flow: Tensor) -> None:
+    """Shape checks of the clip entry points: pred (B, L, T, I, J), flow (B, 2, T, I, J)."""
+    if not isinstance(flow, Tensor) or flow.dim() != 5 or flow.shape[1] != 2:
+        raise ValueError(f"expected flow (B, 2, T, I, J), got {tuple(getattr(flow, 'shape', ()))}")
+    if not isinstance(pred, Tensor) or pred.dim() != 5:
+        raise ValueError(f"expected pred (B, L, T, I, J), got {tuple(getattr(pred, 'shape', ()))}")
+    if pred.shape[0] != flow.shape[0] or pred.shape[2:] != flow.shape[2:]:
+        raise ValueError(
+            f"pred (B, L, T, I, J) and flow (B, 2, T, I, J) disagree: pred {tuple(pred.shape)}, "
+            f"flow {tuple(flow.shape)}"
+        )
+    if pred.shape[1] < 1:
+        raise ValueError(f"expected at least one mask (L >= 1), got pred {tuple(pred.shape)}")
+    if pred.shape[2] < 1:
+        raise ValueError(f"expected a clip of T >= 1 frames, got pred {tuple(pred.shape)}")
+
+
+def fit_theta_clip(pred: Tensor, flow: Tensor, param_model: str = "QuadraticST1", v_distance: str = "l1",
+                   theta_method: str = "IRLS", **solver_kw) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`fit_theta` over a clip: one space-time θ per layer, fitted to all the clip's voxels.
+
+    pred (B, L, T, I, J), flow (B, 2, T, I, J) → (θ' (B, L, ft, 2) in the conditioned basis,
+    Xc (T·I·J, ft), M (ft, ft)), ft = :func:`st_ft`; θ = ``theta_to_original(θ', M)``. The solvers
+    and their options are the frame ones (the IRLS's coarse levels sample every 17th, 5th voxel).
+    """
+    check_pred_flow_clip(pred, flow)
+    check_theta_method(theta_method)
+    check_v_distance(v_distance)
+    check_st_model(param_model)
+    B, L, T, I, J = pred.shape
+    dtype = torch.float64 if torch.float64 in (pred.dtype, flow.dtype) else torch.float32
+    Xc, XX, M = conditioned_basis_clip(param_model, (T, I, J), pred.device, dtype)
+    return _fit_flat(pred, flow, T * I * J, Xc, XX, v_distance, theta_method, dtype, **solver_kw), Xc, M
+
+
+def coherence_terms_clip(pred: Tensor, flow: Tensor, Xc: Tensor, theta_c: Tensor, v_distance: str) -> Tensor:
+    """:func:`coherence_terms` over a clip: (1/(T·I·J)) Σ_k Σ_voxels pred_k d(flow, X θ_k), (B,).
+
+    pred (B, L, T, I, J), flow (B, 2, T, I, J), Xc (T·I·J, ft), θ' (B, L, ft, 2) (detached).
+    """
+    B, L, T, I, J = pred.shape
+    return coherence_terms(pred.reshape(B, L, T * I, J), flow.reshape(B, 2, T * I, J), Xc, theta_c, v_distance)
+
+
+def em_loss_clip(pred: Tensor, flow: Tensor, param_model: str = "QuadraticST1", v_distance: str = "l1",
+                 theta_method: str = "IRLS", entropy_weight: float = 0.01, with_parametric_flow: bool = False,
+                 **solver_kw) -> dict[str, Tensor]:
+    """:func:`em_loss` over a clip with a space-time model (``ST_MODELS``).
+
+    pred (B, L, T, I, J) softmax over L, flow (B, 2, T, I, J). Returns the same keys: ``losses``,
+    ``coherence_losses``, ``entropies`` (B,), means over the clip's T·I·J voxels, differentiable with
+    respect to ``pred``; ``theta`` (B, L, ft, 2) in the original basis (:func:`make_basis_clip`),
+    ``theta_c``, ``Xc`` (T·I·J, ft), ``M``; with ``with_parametric_flow`` ``ParametricFlow``
+    (B, 2, T, I, J), detached. ``…ST0`` on one frame (T = 1) is :func:`em_loss` bit for bit.
+    """
+    theta_c, Xc, M = fit_theta_clip(pred, flow, param_model, v_distance, theta_method, **solver_kw)  # checks
+    B, L, T, I, J = pred.shape
+    p = pred.reshape(B, L, T * I, J)  # the frame functions only use the product of the last two sizes
+    coherence = coherence_terms(p, flow.reshape(B, 2, T * I, J), Xc, theta_c, v_distance)
+    ent = entropy(p).to(coherence.dtype)
+    out = {
+        "losses": coherence - entropy_weight * ent,
+        "coherence_losses": coherence,
+        "entropies": ent,
+        "theta": theta_to_original(theta_c, M),
+        "theta_c": theta_c,
+        "Xc": Xc,
+        "M": M,
+    }
+    if with_parametric_flow:
+        out["ParametricFlow"] = parametric_flow(p.detach(), Xc, theta_c).reshape(B, 2, T, I, J)
+    return out
+
+
+def flow_from_theta_clip(theta: Tensor, param_model: str, clip_size: Sequence[int]) -> Tensor:
+    """Flow volumes from space-time θ in the original basis: theta (B, L, ft, 2), clip (T, I, J) →
+    (B, L, 2, T, I, J)."""
+    T, I, J = _clip_size(clip_size)
+    ft = st_ft(param_model, T)
+    if theta.dim() != 4 or theta.shape[-2:] != (ft, 2):
+        raise ValueError(f"expected theta (B, L, {ft}, 2) for {param_model} over T = {T} frames, "
+                         f"got {tuple(theta.shape)}")
+    X = make_basis_clip(param_model, (T, I, J), device=theta.device, dtype=torch.float64)
+    B, L = theta.shape[:2]
+    return layer_flows(X, theta.double()).to(theta.dtype).reshape(B, L, 2, T, I, J)
