@@ -5,6 +5,12 @@ Batches (from :func:`collate_skipping`): ``'Flow'`` (B, 2, H, W), ``'Image'`` (B
 ``'{Type}Path'`` lists of B strings, ``'Index'`` (B,) int64 and ``'Skipped'`` a list of
 ``(index, path, reason)`` for the samples of the batch whose files were bad. A batch whose
 every sample was skipped is ``{'Skipped': [...]}`` alone (no ``'Flow'``): the model skips it.
+
+With ``clip_length`` T > 1 the samples are clips of T consecutive flows of one sequence
+(``csvflowdatamodule.clips``): ``'Flow'`` (B, 2, T, H, W), ``'Image'`` (B, 3, T, H, W),
+``'GtMask'`` (B, T, H, W), ``'FlowPath'``… lists of B lists of T paths, ``'Index'`` (B,) the
+clips' numbers, ``'Sequence'`` B names, ``'FrameIndices'`` and ``'RowIndices'`` (B, T) int64.
+With T = 1 (the default) the module is the frame module above, unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from csvflowdatamodule.clips import CsvClipDataset
 from csvflowdatamodule.dataset import CsvDataset
 from csvflowdatamodule.Transforms import (
     FLOW_AUGMENTATIONS,
@@ -117,6 +124,10 @@ class CsvDataModule(pl.LightningDataModule):
     strict_data: a bad file raises instead of being skipped.
     optional_columns: requested columns a CSV may lack (not loaded then): by default GtMask
         and Image, so unlabelled splits train; pass ``()`` to require every requested column.
+    clip_length: T; > 1 serves clips of T consecutive flows of one sequence
+        (:class:`csvflowdatamodule.clips.CsvClipDataset`, every split; ``subsample_train`` then
+        keeps every n-th training clip); 1 serves single frames (:class:`CsvDataset`).
+    clip_stride: frames between the starts of two clips of a sequence (only with T > 1).
     """
 
     def __init__(self, data_path: str, base_dir: str, batch_size: int = _DATA.batch_size,
@@ -127,7 +138,8 @@ class CsvDataModule(pl.LightningDataModule):
                  flow_augmentation: str = _DATA.flow_augmentation, val_augment: bool = _DATA.val_augment,
                  strict_data: bool = _DATA.strict_data, optional_columns: Iterable[str] = ("GtMask", "Image"),
                  pin_memory: bool = False, flow_noise: float = _DATA.flow_noise,
-                 flow_noise_target: str = _DATA.flow_noise_target) -> None:
+                 flow_noise_target: str = _DATA.flow_noise_target, clip_length: int = _DATA.clip_length,
+                 clip_stride: int = _DATA.clip_stride) -> None:
         super().__init__()
         if flow_normalisation not in FLOW_NORMALISATIONS:
             raise ValueError(f"flow_normalisation must be one of {list(FLOW_NORMALISATIONS)}, "
@@ -158,7 +170,14 @@ class CsvDataModule(pl.LightningDataModule):
         self.strict_data = bool(strict_data)
         self.optional_columns = tuple(optional_columns)
         self.pin_memory = bool(pin_memory)
-        self.datasets: dict[str, CsvDataset] = {}
+        for name, value in (("clip_length", clip_length), ("clip_stride", clip_stride)):
+            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                raise ValueError(f"--{name} must be an integer >= 1, got {value!r}")
+        self.clip_length = int(clip_length)
+        self.clip_stride = int(clip_stride)
+        if self.clip_length == 1 and self.clip_stride != 1:
+            logger.warning("--clip_stride %d has no effect with --clip_length 1 (single frames)", self.clip_stride)
+        self.datasets: dict[str, CsvDataset | CsvClipDataset] = {}
 
     # ----------------------------------------------------------------------------------------
     def split_path(self, step: str) -> str:
@@ -173,13 +192,22 @@ class CsvDataModule(pl.LightningDataModule):
                                   flow_noise=self.flow_noise if step == "train" else 0.0,
                                   flow_noise_target=self.flow_noise_target)
 
-    def setup_dataset(self, step: str) -> CsvDataset:
-        """Build (or rebuild) the dataset of ``step``."""
-        ds = CsvDataset(
-            self.split_path(step), self.base_dir, self.img_size, self.request,
-            subsample=self.subsample_train if step == "train" else 1,
-            transform=self.transform_for(step), optional=self.optional_columns, strict=self.strict_data,
-        )
+    def setup_dataset(self, step: str) -> CsvDataset | CsvClipDataset:
+        """Build (or rebuild) the dataset of ``step``: frames, or clips when ``clip_length`` > 1."""
+        ds: CsvDataset | CsvClipDataset
+        if self.clip_length > 1:
+            ds = CsvClipDataset(
+                self.split_path(step), self.base_dir, self.img_size, self.request,
+                clip_length=self.clip_length, clip_stride=self.clip_stride,
+                subsample=self.subsample_train if step == "train" else 1,
+                transform=self.transform_for(step), optional=self.optional_columns, strict=self.strict_data,
+            )
+        else:
+            ds = CsvDataset(
+                self.split_path(step), self.base_dir, self.img_size, self.request,
+                subsample=self.subsample_train if step == "train" else 1,
+                transform=self.transform_for(step), optional=self.optional_columns, strict=self.strict_data,
+            )
         self.datasets[step] = ds
         logger.info("%s: %s", step, ds)
         return ds
@@ -220,7 +248,8 @@ class CsvDataModule(pl.LightningDataModule):
         return self.get_dataloader("test")
 
     def skipped_report(self) -> dict[str, dict[str, Any]]:
-        """Skips recorded by this process's datasets: ``{step: {'count', 'samples'}}``.
+        """Skips recorded by this process's datasets: ``{step: {'count', 'samples'}}`` (clips also
+        have ``'left_out'``: what gave no clip, ``CsvClipDataset.skipped_report``).
 
         Only complete with ``num_workers=0``: worker processes keep their own records, so the
         authoritative record is each batch's ``'Skipped'`` list.

@@ -4,6 +4,14 @@ estimator-like flow noise.
 Every transform is callable on an item dict (it replaces ``item['Flow']``) or directly on a flow
 tensor (2, I, J) (a leading batch dimension (B, 2, I, J) is accepted too; each sample then gets
 its own statistics and, for the augmentation, its own random motion).
+
+Clips (``csvflowdatamodule.clips``): every transform's ``clip`` method (and
+:meth:`TransformsComposer.clip`) takes a clip item whose ``'Flow'`` is (2, T, I, J) (``'Image'``
+(3, T, I, J)), or a bare (2, T, I, J) tensor, and makes **one random draw per clip**: the same
+global motion is added to all T frames, the same noise blobs are placed on all of them, and the
+normalisation's statistics are those of the whole clip. With T = 1 ``clip`` gives exactly what
+the frame call gives (same random draws, same values). The frame call is never applied to a clip:
+a (2, T, I, J) tensor would be read as a batch of T-channel flows.
 """
 
 from __future__ import annotations
@@ -51,6 +59,16 @@ def _apply_on_flow(x: Any, fn) -> Any:
 def _check_flow(flow: Tensor) -> None:
     if not isinstance(flow, Tensor) or flow.dim() not in (3, 4) or flow.shape[-3] != 2:
         raise ValueError(f"expected a flow (2, I, J) or (B, 2, I, J), got {tuple(getattr(flow, 'shape', ()))}")
+
+
+def _check_clip(flow: Tensor) -> None:
+    if not isinstance(flow, Tensor) or flow.dim() != 4 or flow.shape[0] != 2:
+        raise ValueError(f"expected a clip of flows (2, T, I, J), got {tuple(getattr(flow, 'shape', ()))}")
+
+
+def _as_one_flow(clip: Tensor) -> Tensor:
+    """A clip (2, T, I, J) as one tall flow (2, T·I, J): per-pixel statistics over it are the clip's."""
+    return clip.reshape(2, -1, clip.shape[-1])
 
 
 class TrNormaliseFlow:
@@ -101,12 +119,36 @@ class TrNormaliseFlow:
         outs = tuple((f - shift) / scale for f in (flow, *others))
         return outs if others else outs[0]
 
+    def normalise_clip(self, flow: Tensor, *others: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Normalise a clip (2, T, I, J) by the statistics of the whole clip (one shift and scale
+        for its T frames, so that their relative magnitudes are kept); ``others`` as in
+        :meth:`normalise`. With T = 1 this is :meth:`normalise` of the frame."""
+        _check_clip(flow)
+        for o in others:
+            if o.shape != flow.shape:
+                raise ValueError(f"flows normalised together must have one shape, got {tuple(flow.shape)} "
+                                 f"and {tuple(o.shape)}")
+        if self.mode == "none":
+            return (flow, *others) if others else flow
+        outs = self.normalise(_as_one_flow(flow), *(_as_one_flow(o) for o in others))
+        if not others:
+            return outs.reshape(flow.shape)
+        return tuple(o.reshape(flow.shape) for o in outs)
+
     def __call__(self, x: Any) -> Any:
         if isinstance(x, dict) and LOSS_FLOW_KEY in x:  # the loss's flow stays in the network's units
             out = dict(x)
             out["Flow"], out[LOSS_FLOW_KEY] = self.normalise(x["Flow"], x[LOSS_FLOW_KEY])
             return out
         return _apply_on_flow(x, self.normalise)
+
+    def clip(self, x: Any) -> Any:
+        """:meth:`__call__` for a clip item (``'Flow'`` (2, T, I, J)) or tensor: clip statistics."""
+        if isinstance(x, dict) and LOSS_FLOW_KEY in x:
+            out = dict(x)
+            out["Flow"], out[LOSS_FLOW_KEY] = self.normalise_clip(x["Flow"], x[LOSS_FLOW_KEY])
+            return out
+        return _apply_on_flow(x, self.normalise_clip)
 
     def __repr__(self) -> str:
         return f"TrNormaliseFlow({self.mode!r})"
@@ -178,8 +220,22 @@ class TrAugmentFlow:
         field = self.global_motion((int(flow.shape[-2]), int(flow.shape[-1])), target)
         return (flow.double() + field).to(flow.dtype)
 
+    def augment_clip(self, flow: Tensor) -> Tensor:
+        """A clip (2, T, I, J) plus **one** random global motion (2, I, J), the same for its T
+        frames, rescaled to the clip's mean vector norm (with T = 1: :meth:`augment`)."""
+        _check_clip(flow)
+        if self.param_model is None:
+            return flow
+        target = float(mean_vector_norm(_as_one_flow(flow)[None].double())[0])
+        field = self.global_motion((int(flow.shape[-2]), int(flow.shape[-1])), target)
+        return (flow.double() + field[:, None]).to(flow.dtype)
+
     def __call__(self, x: Any) -> Any:
         return _apply_on_flow(x, self.augment)
+
+    def clip(self, x: Any) -> Any:
+        """:meth:`__call__` for a clip item (``'Flow'`` (2, T, I, J)) or tensor: one draw per clip."""
+        return _apply_on_flow(x, self.augment_clip)
 
     def __repr__(self) -> str:
         return f"TrAugmentFlow({self.name!r})"
@@ -214,9 +270,21 @@ class TrFlowNoise:
         return torch.rand(*shape, generator=self.generator, dtype=torch.float64)
 
     def noise(self, flow: Tensor, image: Tensor | None = None) -> Tensor:
+        """Noisy copy of a flow (2, I, J) (image (3, I, J) or None), or per sample of (B, 2, I, J)."""
         _check_flow(flow)
         if flow.dim() == 4:
             return torch.stack([self.noise(f, None if image is None else image[k]) for k, f in enumerate(flow)])
+        return self._noise(flow, image)
+
+    def noise_clip(self, flow: Tensor, image: Tensor | None = None) -> Tensor:
+        """Noisy copy of a clip (2, T, I, J): **one** draw (the same blobs and fields on all T
+        frames, amplitude from the clip's mean vector norm, blob centres from the first frame of
+        ``image`` (3, T, I, J) if given). With T = 1: :meth:`noise` of the frame."""
+        _check_clip(flow)
+        return self._noise(flow, None if image is None else image[:, 0])
+
+    def _noise(self, flow: Tensor, image: Tensor | None) -> Tensor:
+        """``flow`` (2, I, J) or a clip (2, T, I, J); ``image`` (3, I, J) or None."""
         if self.probability == 0 or float(self._rand(1)) >= self.probability:
             return flow
         I, J = int(flow.shape[-2]), int(flow.shape[-1])
@@ -229,8 +297,9 @@ class TrFlowNoise:
             candidates = torch.argsort(grad)[: max(1, int(0.3 * I * J))]
         n_blobs = 1 + int(self._rand(1) * 3)
         total = 0.02 + 0.13 * float(self._rand(1))
-        amp_base = float(mean_vector_norm(flow[None].double())[0]) + 0.5
+        amp_base = float(mean_vector_norm(_as_one_flow(flow)[None].double())[0]) + 0.5
         out = flow.double().clone()
+        frames = (1,) * (flow.dim() - 3)  # a clip's time axis: the same field on every frame
         for _ in range(n_blobs):
             if candidates is not None:
                 c = int(candidates[int(self._rand(1) * len(candidates)) % len(candidates)])
@@ -249,7 +318,7 @@ class TrFlowNoise:
             field = field - field[:, blob].mean(1)[:, None, None]
             field = field / field[:, blob].abs().mean().clamp_min(_EPS)
             amp = amp_base * (0.5 + 1.5 * float(self._rand(1)))
-            out[:, blob] += amp * field[:, blob]
+            out[..., blob] += amp * field[:, blob].reshape(2, *frames, -1)
         return out.to(flow.dtype)
 
     def __call__(self, x: Any) -> Any:
@@ -262,6 +331,19 @@ class TrFlowNoise:
                 out[LOSS_FLOW_KEY] = x["Flow"]
             return out
         return self.noise(x)
+
+    def clip(self, x: Any) -> Any:
+        """:meth:`__call__` for a clip item (``'Flow'`` (2, T, I, J), ``'Image'`` (3, T, I, J)) or
+        tensor: one draw per clip."""
+        if isinstance(x, dict):
+            if "Flow" not in x:
+                return x
+            out = dict(x)
+            out["Flow"] = self.noise_clip(x["Flow"], x.get("Image"))
+            if self.keep_clean:
+                out[LOSS_FLOW_KEY] = x["Flow"]
+            return out
+        return self.noise_clip(x)
 
     def __repr__(self) -> str:
         return f"TrFlowNoise({self.probability}{', keep_clean=True' if self.keep_clean else ''})"
@@ -304,6 +386,13 @@ class TransformsComposer:
     def __call__(self, x: Any) -> Any:
         for tr in self.transforms:
             x = tr(x)
+        return x
+
+    def clip(self, x: Any) -> Any:
+        """The same transforms on a clip item (``'Flow'`` (2, T, I, J)) or a (2, T, I, J) tensor,
+        with one random draw per transform per clip (see the module docstring)."""
+        for tr in self.transforms:
+            x = tr.clip(x)
         return x
 
     def __repr__(self) -> str:

@@ -302,24 +302,32 @@ class CsvDataset(Dataset):
         self.skipped[index] = (index, path, reason)
         return {"Skipped": (index, path, reason)}
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
+    def load_row(self, idx: int) -> dict[str, Any]:
+        """The untransformed item of position ``idx`` (``{'Flow': (2, H, W), ..., 'FlowPath': str,
+        ..., 'Index': int}``); a bad file (missing, corrupt, an empty cell, columns of different
+        sizes) raises :class:`DataFileError` naming it, and nothing is recorded here (callers such
+        as :meth:`__getitem__` and ``csvflowdatamodule.clips.CsvClipDataset`` record the skip)."""
         row = self.rows[idx]
         index = self.indices[idx]
         item: dict[str, Any] = {}
         for col in self.columns:
             rel = str(row[col]).strip()
             if not rel:
-                return self._skip(index, f"<empty {col} cell, row {index}>", f"empty path in column {col}")
+                raise DataFileError(f"<empty {col} cell, row {index}>", f"empty path in column {col}")
             full = os.path.join(self.base_dir, rel)
-            try:
-                item[col] = self.loaders.load_file(full, col, self.img_size)
-            except DataFileError as err:
-                return self._skip(index, err.path, err.reason)
+            item[col] = self.loaders.load_file(full, col, self.img_size)
             item[f"{col}Path"] = rel
         sizes = {col: tuple(item[col].shape[-2:]) for col in self.columns}
         if len(set(sizes.values())) > 1:
-            return self._skip(index, str(row[self.columns[0]]), f"columns disagree in size {sizes}")
+            raise DataFileError(str(row[self.columns[0]]), f"columns disagree in size {sizes}")
         item["Index"] = index
+        return item
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        try:
+            item = self.load_row(idx)
+        except DataFileError as err:
+            return self._skip(self.indices[idx], err.path, err.reason)
         if self.transform is not None:
             item = self.transform(item)
         return item

@@ -13,6 +13,22 @@ Samples come in sequences of ``frames_per_sequence`` frames: the objects keep th
 move along their motion from frame to frame, and the background motion drifts slowly. The
 parametric motions are built from ``emseg.core.coherence_math`` (centred coordinates in [-1, 1]).
 
+``motion`` says how the motions evolve over a sequence:
+
+- ``'constant'`` (the default, the built-in dataset): each object's motion relative to the
+  background is constant (it bounces off the borders) and the background's parameters drift
+  linearly, θ(t) = θ₀ + t·δ;
+- ``'smooth'``: both also vary as one slow sinusoid each, θ(t) = θ₀ + t·δ + A ⊙ sin(2πt/P + φ)
+  and, per object, Δ(t) = Δ + a·sin(2πt/P + φₖ) (A up to 3 px per coefficient at 128 × 224,
+  none for a still camera; |a| = 0.2 to 0.5 |Δ|; the period P, drawn per sequence, 12 to 30 frames):
+  over a few frames the flow then changes about linearly (quadratically over more), which
+  space-time models of degree ≥ 1 in t follow and a model constant in t cannot (on 5-frame
+  clips at 128 × 224 the background's residual to a per-pixel constant in t is about 2.5 times
+  the noise's, to a linear one about the noise's). The scene (objects, shapes,
+  placements, background model) is the same as with ``'constant'`` for the same seed; the extra
+  random numbers are drawn after it (the per-frame noise then differs). The split's info file
+  records ``"motion": "smooth"``; the default data, without the key, is unchanged.
+
 Layout under ``out_dir`` (paths in the CSVs are relative to it)::
 
     Flows/train_seq_000/00000.flo   Images/train_seq_000/00000.png   Masks/train_seq_000/00000.png
@@ -56,6 +72,7 @@ DEFAULT_NAME = "synthetic"
 DEFAULT_SIZES = {"n_train": 600, "n_val": 100, "n_test": 100}
 DEFAULT_IMG_SIZE: tuple[int, int] = tuple(H.default("img_size", H.InputHparams))  # the model's input size
 DEFAULT_SEED = 0
+MOTIONS: tuple[str, ...] = ("constant", "smooth")
 FRAMES_PER_SEQUENCE = 10
 CACHE_SUBDIR = f"synthetic_v{GENERATOR_VERSION}"
 _REF_AREA = 128 * 224
@@ -157,14 +174,49 @@ def _smooth_noise(rng: np.random.Generator, img_size: tuple[int, int], amplitude
     return cv2.resize(coarse, (img_size[1], img_size[0]), interpolation=cv2.INTER_CUBIC)
 
 
+@dataclass
+class _SmoothMotion:
+    """The ``'smooth'`` motions' slow sinusoids (module docstring)."""
+
+    period: float  # frames
+    bg_amp: np.ndarray  # like θ_bg (ft, 2), px
+    bg_phase: np.ndarray  # like θ_bg
+    obj_amp: list[np.ndarray]  # per object (u, v), px
+    obj_phase: list[float]
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, theta_bg: np.ndarray, objects: list[_Object], s: float) -> _SmoothMotion:
+        period = rng.uniform(12.0, 30.0)
+        still = not np.any(theta_bg)  # a still camera stays still
+        bg_amp = rng.uniform(-1.0, 1.0, size=theta_bg.shape) * 3.0 * s * (0.0 if still else 1.0)
+        bg_phase = rng.uniform(0, 2 * np.pi, size=theta_bg.shape)
+        obj_amp, obj_phase = [], []
+        for obj in objects:
+            ang = rng.uniform(0, 2 * np.pi)
+            obj_amp.append(rng.uniform(0.2, 0.5) * float(np.linalg.norm(obj.delta)) * np.array([np.cos(ang),
+                                                                                                np.sin(ang)]))
+            obj_phase.append(float(rng.uniform(0, 2 * np.pi)))
+        return cls(period, bg_amp, bg_phase, obj_amp, obj_phase)
+
+    def background(self, t: int) -> np.ndarray:
+        return self.bg_amp * np.sin(2 * np.pi * t / self.period + self.bg_phase)
+
+    def object(self, k: int, t: int) -> np.ndarray:
+        return self.obj_amp[k] * np.sin(2 * np.pi * t / self.period + self.obj_phase[k])
+
+
 def generate_sequence(rng: np.random.Generator, img_size: tuple[int, int], n_frames: int,
-                      bases: _Bases | None = None, with_support: bool = False) -> list[tuple[np.ndarray, ...]]:
+                      bases: _Bases | None = None, with_support: bool = False,
+                      motion: str = "constant") -> list[tuple[np.ndarray, ...]]:
     """One sequence of ``n_frames`` samples: [(flow (I, J, 2) float32, mask (I, J) bool), ...].
 
     With ``with_support``, each sample also has its motion support (I, J) bool: the pixels that
     carry an object's motion, i.e. the objects plus the 0-2 px their motion bleeds over (before
-    blur and noise). The flows and masks are the same either way.
+    blur and noise). The flows and masks are the same either way. ``motion``: ``'constant'`` or
+    ``'smooth'`` (module docstring).
     """
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {list(MOTIONS)}, got {motion!r}")
     I, J = img_size
     bases = bases or _Bases(img_size)
     s = float(np.sqrt(I * J / _REF_AREA))
@@ -186,19 +238,24 @@ def generate_sequence(rng: np.random.Generator, img_size: tuple[int, int], n_fra
     sigma_smooth = rng.uniform(0.05, 0.3) * s
     fatten = int(rng.integers(0, 3))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * fatten + 1, 2 * fatten + 1)) if fatten else None
+    smooth = _SmoothMotion.draw(rng, theta_bg, objects, s) if motion == "smooth" else None
 
     out = []
     for t in range(n_frames):
         theta_t = theta_bg + t * drift
+        if smooth is not None:
+            theta_t = theta_t + smooth.background(t)
         bg = bases.field(theta_t)
         flow = bg.copy()
         gt = np.zeros(img_size, bool)
         support = np.zeros(img_size, bool)
-        for obj in objects:
+        for k, obj in enumerate(objects):
             m = obj.mask(img_size, obj.spin * t)
             cc = _to_centred(obj.centre, img_size)
             ri, ci = int(np.clip(round(obj.centre[0]), 0, I - 1)), int(np.clip(round(obj.centre[1]), 0, J - 1))
             u_centre = bg[ri, ci] + obj.delta
+            if smooth is not None:
+                u_centre = u_centre + smooth.object(k, t)
             fo = bases.field(_object_theta(cc, u_centre, obj.lin))
             spread = cv2.dilate(m.astype(np.uint8), kernel).astype(bool) if kernel is not None else m
             flow[spread] = fo[spread]
@@ -243,13 +300,16 @@ def _info_path(out_dir: str | os.PathLike, name: str) -> Path:
 
 def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_val: int, n_test: int,
                          img_size: Sequence[int] = DEFAULT_IMG_SIZE, seed: int = DEFAULT_SEED,
-                         frames_per_sequence: int = FRAMES_PER_SEQUENCE) -> str:
+                         frames_per_sequence: int = FRAMES_PER_SEQUENCE, motion: str = "constant") -> str:
     """Write a synthetic DataSplit under ``out_dir``; return the data_file prefix ``out_dir/name``.
 
     Files: ``Flows/{split}_seq_{k:03d}/{t:05d}.flo`` (I × J × 2), ``Images/...png`` (colour
     coding, RGB), ``Masks/...png`` (0/255), ``{name}_{split}.csv`` and ``{name}_info.json``.
-    Sequence k of split ``split`` depends only on (seed, split, k): outputs are deterministic.
+    Sequence k of split ``split`` depends only on (seed, split, k) (and ``motion``: ``'constant'``
+    or ``'smooth'``, module docstring): outputs are deterministic.
     """
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {list(MOTIONS)}, got {motion!r}")
     size = _check_size(img_size)
     counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     if min(counts.values()) < 0:
@@ -270,7 +330,7 @@ def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_
             seq = f"{split}_seq_{k:03d}"
             for sub in ("Flows", "Images", "Masks"):
                 (out / sub / seq).mkdir(parents=True, exist_ok=True)
-            for t, (flow, mask) in enumerate(generate_sequence(rng, size, n_frames, bases)):
+            for t, (flow, mask) in enumerate(generate_sequence(rng, size, n_frames, bases, motion=motion)):
                 rel = {c: f"{d}/{seq}/{t:05d}.{e}" for c, d, e in
                        (("Flow", "Flows", "flo"), ("Image", "Images", "png"), ("GtMask", "Masks", "png"))}
                 write_flow(out / rel["Flow"], flow)
@@ -284,6 +344,8 @@ def make_synthetic_split(out_dir: str | os.PathLike, name: str, n_train: int, n_
     info = {"generator_version": GENERATOR_VERSION, "name": name, **{f"n_{k}": v for k, v in counts.items()},
             "img_size": list(size), "seed": int(seed), "frames_per_sequence": int(frames_per_sequence),
             "columns": list(COLUMNS)}
+    if motion != "constant":  # the default's info file stays as it was
+        info["motion"] = motion
     _info_path(out, name).write_text(json.dumps(info, indent=2) + "\n")
     logger.info("synthetic split %s: %s samples in %.1f s", out / name, counts, time.perf_counter() - t0)
     return str(out / name)
@@ -299,7 +361,7 @@ def _is_complete(out_dir: Path, name: str, expected: dict) -> bool:
         info = json.loads(_info_path(out_dir, name).read_text())
     except (OSError, ValueError):
         return False
-    if any(info.get(k) != v for k, v in expected.items()):
+    if any(info.get(k) != v for k, v in expected.items()) or info.get("motion", "constant") != "constant":
         return False
     for split in SPLITS:
         try:
@@ -361,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--frames_per_sequence", type=int, default=FRAMES_PER_SEQUENCE)
+    p.add_argument("--motion", choices=MOTIONS, default=MOTIONS[0],
+                   help="constant: constant object motion, linear background drift (the built-in data's); "
+                        "smooth: both also vary slowly (sinusoids in t)")
     return p
 
 
@@ -369,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     prefix = make_synthetic_split(args.out, args.name, args.n_train, args.n_val, args.n_test,
-                                  img_size=args.img_size, seed=args.seed, frames_per_sequence=args.frames_per_sequence)
+                                  img_size=args.img_size, seed=args.seed, frames_per_sequence=args.frames_per_sequence,
+                                  motion=args.motion)
     n = args.n_train + args.n_val + args.n_test
     print(f"wrote {n} samples in {time.perf_counter() - t0:.1f} s: --base_dir {args.out} --data_file {prefix}")
     return prefix

@@ -208,6 +208,11 @@ class DataHparams:
 
     batch_size: int = hp(10, "samples per batch", parse=Bounded(int, low=1))
     subsample_train: int = hp(1, "keep every n-th training sample", parse=Bounded(int, low=1))
+    clip_length: int = hp(1, "frames per sample: > 1 serves clips of that many consecutive flows of one sequence "
+                          "(csvflowdatamodule/clips.py; batches (B, 2, T, H, W)); 1: single frames",
+                          parse=Bounded(int, low=1))
+    clip_stride: int = hp(1, "frames between the starts of two clips of a sequence (with --clip_length > 1)",
+                          parse=Bounded(int, low=1))
     base_dir: str | None = hp(None, "directory the DataSplit paths are relative to",
                               default_help="the current directory")
     data_file: str | None = hp(None, "DataSplit prefix (NAME → NAME_{train,val,test}.csv) or a pattern with '{}'",
