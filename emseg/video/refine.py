@@ -22,8 +22,9 @@ import numpy as np
 
 from emseg.core.significance import MIN_REGION_FRACTION
 
-#: the window's radius, in model pixels (the output radius is this times the upsampling factor)
-RADIUS_MODEL_PX = 2.0
+#: the window's radius, in model pixels (the output radius is this times the upsampling factor); chosen on the
+#: video benchmark's dev split, capped where thin parts (the blackswan's neck) survive (docs/METHOD.md)
+RADIUS_MODEL_PX = 4.0
 #: the ridge of the local fit, for a guide in [0, 1] (variance units: an edge of contrast 0.1 counts)
 EPS = 1e-3
 #: foreground specks below this share of the frame are dropped after refining: the significance test's
