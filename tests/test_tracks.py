@@ -1,4 +1,4 @@
-"""Track-level motion significance (emseg/video/tracks.py, issue 24 item 2): regions linked through
+"""Track-level motion significance (emseg/core/tracks.py, issue 24 item 2): regions linked through
 the flow accumulate their evidence, so a consistent slow mover is kept through the frames where one
 flow cannot tell it from noise, and a blob that lives a frame or two is dropped."""
 
@@ -13,7 +13,7 @@ import torch
 from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.stages import SequenceStages, Step
 from emseg.core.significance import significant_foreground
-from emseg.video.tracks import TrackGate, carry_labels, link_regions
+from emseg.core.tracks import TrackGate, carry_labels, link_regions
 
 I, J = 40, 64
 
@@ -199,3 +199,35 @@ def test_a_noise_blob_in_a_single_frame_is_dropped_by_the_track_test_only():
     tracked = _final_foreground(SegmentOptions(track_frames=3, **fusion_off), _steps(9, 4, 3.0, blob_at=4)[0])
     assert not tracked[4][blob].any()
     assert all(m[obj].mean() > 0.9 for m in tracked)
+
+
+# ------------------------------------------------------------------------------- model_eval's binariser
+def test_the_binariser_judges_tracks_causally_across_batches():
+    """Binariser(track_frames=3): frames in order over two batches of one sequence, and a second
+    sequence; a single-frame noise blob is dropped, the lasting object kept from the sequence's third frame
+    (the causal rule needs three frames of it), and each sequence starts afresh."""
+    from emseg.core.binarisation import Binariser
+
+    steps, obj = _steps(8, seed=4, object_px=3.0, blob_at=5)
+    blob = np.zeros((I, J), bool)
+    blob[28:36, 44:56] = True
+    paths = [f"seq_a/{t:05d}.flo" for t in range(6)] + [f"seq_b/{t:05d}.flo" for t in range(2)]
+
+    def run(binariser: Binariser) -> list[np.ndarray]:
+        out = []
+        for lo, hi in ((0, 4), (4, 8)):
+            batch = {"Pred": torch.stack([s.pred for s in steps[lo:hi]]),
+                     "Flow": torch.stack([s.flow_in for s in steps[lo:hi]]), "FlowPath": paths[lo:hi]}
+            out += list(binariser.binarise(batch)["PredMask"].numpy())
+        return out
+
+    alone = run(Binariser(min_motion=2.0))
+    tracked = run(Binariser(min_motion=2.0, track_frames=3))
+    assert alone[5][blob].all() and not tracked[5][blob].any()
+    assert [bool(m[obj].all()) for m in alone] == [True] * 8
+    # causal: frame t needs min(3, t + 1) frames of the track; seq_b starts again
+    assert [bool(m[obj].all()) for m in tracked] == [True] * 8
+    with pytest.raises(KeyError, match="FlowPath"):
+        Binariser(min_motion=2.0, track_frames=3).binarise({"Pred": steps[0].pred[None], "Flow": steps[0].flow_in[None]})
+    with pytest.raises(ValueError, match="track_frames"):
+        Binariser(track_frames=0)

@@ -7,12 +7,16 @@ it; the authors' name for it is ``evaluationmodule.BinarisationModule.Binarisati
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from emseg.core import masks
 from emseg.core.masks import BINARY_METHODS
 from emseg.core.significance import check_min_motion, significant_foregrounds
+from emseg.core.tracks import DEFAULT_MEMORY, TrackGate
 
 __all__ = ["BINARY_METHODS", "Binariser"]
 
@@ -27,12 +31,21 @@ class Binariser:
 
     With ``min_motion > 0`` (off by default, so published numbers stay comparable) the foreground is
     then kept only where it moves unlike the background (:mod:`emseg.core.significance`, which reads
-    the batch's ``'Flow'`` (B, 2, I, J)).
+    the batch's ``'Flow'`` (B, 2, I, J)). With ``track_frames > 1`` too, regions are judged over their
+    tracks (:mod:`emseg.core.tracks`), causally: frames must come in order, a sequence being the
+    folder of ``'FlowPath'``; the flow back to the previous frame is taken as minus its flow, as for
+    ``segment.py --flows``. The binariser then holds each sequence's last frames between batches.
     """
 
-    def __init__(self, binary_method: str = "exceptbiggest", min_motion: float = 0.0) -> None:
+    def __init__(self, binary_method: str = "exceptbiggest", min_motion: float = 0.0, track_frames: int = 1) -> None:
         self.binary_method = masks.check_binary_method(binary_method)
         self.min_motion = check_min_motion(min_motion)
+        if isinstance(track_frames, bool) or int(track_frames) != track_frames or not 1 <= track_frames <= 7:
+            raise ValueError(f"track_frames must be an integer in 1 … 7, got {track_frames!r}")
+        self.track_frames = int(track_frames)
+        self._gate: TrackGate | None = None
+        self._sequence: str | None = None
+        self._last_flow: Tensor | None = None
 
     def binarise(self, d: dict) -> dict:
         if "Pred" not in d:
@@ -43,9 +56,33 @@ class Binariser:
             d["PredMask"] = self.fair(d["Pred"], d["GtMask"])
         else:
             d["PredMask"] = self.exceptbiggest(d["Pred"])
-        if self.min_motion > 0:
+        if self.min_motion > 0 and self.track_frames > 1:
+            d["PredMask"] = self._tracked(d)
+        elif self.min_motion > 0:
             d["PredMask"] = self.significant(d["Pred"], d["Flow"], d["PredMask"], self.min_motion)
         return d
+
+    def _tracked(self, d: dict) -> Tensor:
+        if "FlowPath" not in d:
+            raise KeyError("track_frames > 1 needs the batch key 'FlowPath' (one path per frame, frames in order): "
+                           "a sequence is the folder of its flows")
+        pred, flow, fg = d["Pred"], d["Flow"], d["PredMask"]
+        sigs = significant_foregrounds(list(pred.detach().float().cpu()), list(flow.detach().float().cpu()),
+                                       foregrounds=list(fg.cpu().numpy()), min_motion=self.min_motion)
+        out = []
+        for path, f, sig in zip(d["FlowPath"], flow.detach().float().cpu(), sigs):
+            sequence = str(PurePath(str(path)).parent)
+            if sequence != self._sequence or self._gate is None:
+                self._gate = TrackGate(min_frames=self.track_frames, horizon=0, memory=2 * DEFAULT_MEMORY)
+                self._sequence, self._last_flow = sequence, None
+            back = None if self._last_flow is None else -self._last_flow
+            ((_, keep),) = self._gate.push(sig.regions, len(sig.kept) + 1, sig.scores(), back)
+            self._last_flow = f
+            kept = np.zeros(len(sig.kept) + 1, dtype=bool)
+            for k, v in keep.items():
+                kept[k] = v
+            out.append(torch.from_numpy(kept[sig.regions] & (sig.regions > 0)))
+        return torch.stack(out).to(fg.device)
 
     @staticmethod
     def significant(Pred: Tensor, Flow: Tensor, PredMask: Tensor, min_motion: float) -> Tensor:

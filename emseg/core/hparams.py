@@ -360,7 +360,7 @@ class SegmentQualityHparams:
                            parse=Bounded(float, low=0))
     track_frames: int = hp(3, "judge a foreground region by its track: keep it only if its track appears in at "
                            "least this many of the 7 frames around it and its median score over them passes the "
-                           "--min_motion test (emseg/video/tracks.py); 1: each frame alone",
+                           "--min_motion test (emseg/core/tracks.py); 1: each frame alone",
                            parse=Bounded(int, low=1, high=7))
     adapt: int = hp(0, f"(--video) first fine-tune a copy of the model on the video's flows for STEPS steps "
                     f"({ADAPT_STEPS} when given without a number)", nargs="?", const=ADAPT_STEPS, metavar="STEPS",

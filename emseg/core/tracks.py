@@ -29,7 +29,8 @@ that verdict by the track's:
 So a mover whose score dips below 1 in some frames is kept through them, from its first frame
 (the look-ahead sees its future), and a blob that lives one or two frames is dropped however large
 its single-frame score. The gate holds ``horizon`` frames back (a run's first frames, a whole
-window), so memory is flat in the video's length. ``min_frames = 1`` with ``threshold = 1`` is the one-frame test.
+window), so memory is flat in the video's length. With ``horizon = 0`` it is causal: frame t is decided
+at once, on t − memory … t (so a run's first frames are judged on fewer frames). ``min_frames = 1`` with ``threshold = 1`` is the one-frame test.
 
 Conventions: region labels (I, J) int32 (0 = background, 1 … n − 1 the regions), flows (2, I, J)
 in pixels of that grid, channel 0 = u (columns).
@@ -164,6 +165,8 @@ class TrackGate:
         run of unbroken frames where that run is short at this end; None while frames are still due."""
         run = [g.t for g in self._frames if g.segment == f.segment]
         start = min(run)
+        if self.horizon == 0:  # causal: the past only, decided at once
+            return max(start, f.t - self.memory), f.t
         ended = final or self._frames[-1].segment != f.segment
         end = max(run) if ended else math.inf
         lo = max(start, min(f.t - self.memory, end - self._span()))
