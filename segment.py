@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from emseg.app.segment.options import SegmentOptions
+from emseg.app.segment.options import SegmentOptions, default_gap
 from emseg.core import hparams as H
 
 logger = logging.getLogger("segment")
@@ -39,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_of(args: argparse.Namespace) -> SegmentOptions:
     """The pipeline's settings from the parsed flags (overlays and probabilities: on for flow files,
-    off for a video, unless the flags say)."""
+    off for a video, unless the flags say; ``--gap``: each source's default, unless given)."""
     files_default = args.video is None
     return SegmentOptions(
         batch_size=args.batch_size, temporal=not args.no_temporal, fusion_weight=args.fusion_weight,
-        gap=args.gap, refine=not args.no_refine,
+        gap=default_gap(video=not files_default) if args.gap is None else args.gap, refine=not args.no_refine,
         min_motion=args.min_motion, animation=not args.no_animation,
         overlays=files_default if args.overlays is None else args.overlays,
         save_proba=files_default if args.save_proba is None else args.save_proba,

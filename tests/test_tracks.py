@@ -228,6 +228,7 @@ def test_the_binariser_judges_tracks_causally_across_batches():
     # causal: frame t needs min(3, t + 1) frames of the track; seq_b starts again
     assert [bool(m[obj].all()) for m in tracked] == [True] * 8
     with pytest.raises(KeyError, match="FlowPath"):
-        Binariser(min_motion=2.0, track_frames=3).binarise({"Pred": steps[0].pred[None], "Flow": steps[0].flow_in[None]})
+        Binariser(min_motion=2.0, track_frames=3).binarise({"Pred": steps[0].pred[None],
+                                                            "Flow": steps[0].flow_in[None]})
     with pytest.raises(ValueError, match="track_frames"):
         Binariser(track_frames=0)

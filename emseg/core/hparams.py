@@ -344,10 +344,12 @@ class SegmentQualityHparams:
     """The video-quality stages (emseg/app/segment/stages.py)."""
 
     no_temporal: bool = hp(False, "segment every frame alone (no identity matching, no fusion with the neighbours)")
-    gap: int = hp(4, "judge motion over this many frames (--video): the network and the significance test read the "
-                  "flow from frame t to t+GAP, where its forward-backward check holds (elsewhere GAP times the flow to "
-                  "t+1), so a slow mover is seen on GAP times its displacement; 1: consecutive frames",
-                  parse=Bounded(int, low=1, high=16))
+    # None: the source's own default (emseg/app/segment/options.py: VIDEO_GAP, FLOWS_GAP)
+    gap: int | None = hp(None, "judge motion over this many frames: the network and the significance test read the "
+                         "flow from frame t to t+GAP (a video: its own, where its forward-backward check holds, "
+                         "elsewhere GAP times the flow to t+1; flow files: the GAP consecutive flows composed), so a "
+                         "slow mover is seen on GAP times its displacement; 1: consecutive frames",
+                         default_help="4 for --video, 2 for flow files", parse=Bounded(int, low=1, high=16))
     no_refine: bool = hp(False, "(--video) plain bilinear upsampling of the probabilities to the frame's size, "
                          "instead of masks that follow the frame's edges (guided-filtered by the frame, "
                          "emseg/video/refine.py)")

@@ -30,7 +30,8 @@ So a mover whose score dips below 1 in some frames is kept through them, from it
 (the look-ahead sees its future), and a blob that lives one or two frames is dropped however large
 its single-frame score. The gate holds ``horizon`` frames back (a run's first frames, a whole
 window), so memory is flat in the video's length. With ``horizon = 0`` it is causal: frame t is decided
-at once, on t − memory … t (so a run's first frames are judged on fewer frames). ``min_frames = 1`` with ``threshold = 1`` is the one-frame test.
+at once, on t − memory … t (so a run's first frames are judged on fewer frames). ``min_frames = 1``
+with ``threshold = 1`` is the one-frame test.
 
 Conventions: region labels (I, J) int32 (0 = background, 1 … n − 1 the regions), flows (2, I, J)
 in pixels of that grid, channel 0 = u (columns).

@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from emseg.app.segment.model import flow_width_of, make_predictor, model_device, save_adapted
-from emseg.app.segment.options import FLOW_SUFFIXES, FLOW_WIDTH_HPARAM, SegmentOptions
+from emseg.app.segment.options import FLOW_SUFFIXES, FLOW_WIDTH_HPARAM, FLOWS_GAP, SegmentOptions
 from emseg.app.segment.source import VideoError, VideoSource, threaded, video_pairs
 from emseg.app.segment.stages import SequenceStages, Step, pairs_to_steps
 from emseg.app.segment.writers import Progress, Writer, write_flows, write_manifest, write_skipped
 from emseg.core.flow_io import read_flow
+from emseg.video.compose import compose_flows
 from emseg.video.flow_confidence import resize_flow
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ def segment_flows(model, flow_paths: Sequence[Path], out: str | os.PathLike, fra
     """Segment flow files, in order (a sequence, for the temporal stage); a file that cannot be read
     is skipped and recorded in ``skipped.csv`` and the manifest. Returns counts and paths."""
     if opts is None:
-        opts = SegmentOptions(batch_size=batch_size, animation=gif, progress=progress, overlays=True, save_proba=True)
+        opts = SegmentOptions(batch_size=batch_size, animation=gif, progress=progress, overlays=True, save_proba=True,
+                              gap=FLOWS_GAP)
     opts.check()
     with output_folder(out, opts, [*flow_paths, *(frames or [])]) as out:
         return _segment_flows(model, flow_paths, out, frames, opts)
@@ -90,7 +93,6 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
     writer = Writer(out, opts, fps=None)
     skipped: list[tuple[str, str]] = []
     bar = Progress(len(flow_paths), "segmenting", opts.progress)
-    prev_in: torch.Tensor | None = None
     manifest = {"source": {"type": "flows", "files": len(flow_paths)}, "options": asdict(opts),
                 "status": "in progress"}
     write_manifest(out, manifest)
@@ -110,42 +112,52 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
             writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
             bar.update()
 
+    gap = max(1, int(opts.gap))
+    prev_in: torch.Tensor | None = None
     t = 0
-    for start in range(0, len(flow_paths), opts.batch_size):
-        chunk, fulls = [], []
-        for k, p in enumerate(flow_paths[start:start + opts.batch_size], start):
-            try:
-                full = read_flow(str(p))
-                if full.ndim != 3 or full.shape[2] != 2:
-                    raise ValueError(f"expected a flow (H, W, 2), got {full.shape}")
-                if not np.isfinite(full).all():
-                    raise ValueError("non-finite values")
-            except (OSError, ValueError, EOFError) as err:
-                logger.warning("skipped %s: %s", p, err)
-                skipped.append((str(p), str(err)))
-                prev_in = None  # the sequence is broken here
-                continue
-            chunk.append((k, p))
-            fulls.append(full)
-        if not chunk:
-            continue
-        full_t = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() for f in fulls]
-        flows_in = torch.cat([F.interpolate(f, size=img_size, mode="bilinear", align_corners=False)
-                              for f in full_t])
+    batch: list[_Gapped] = []
+
+    def run(items: list[_Gapped]) -> None:
+        nonlocal prev_in, t
+        flows_in, confs_in = [], []
+        for g in items:
+            full_t = torch.from_numpy(np.ascontiguousarray(g.full)).permute(2, 0, 1)[None].float()
+            conf = None
+            if len(g.run) > 1:  # the flow over k = len(g.run) frames (emseg/video/compose.py)
+                full_t, chain = compose_flows([torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None]
+                                               .float() for f in g.run])
+                # the test trusts only complete chains: where one left the frame, its extrapolation
+                # (k/j × j flows, their noise with them) feeds the network but not the test
+                conf = F.interpolate((chain == len(g.run)).float()[None], size=img_size, mode="bilinear",
+                                     align_corners=False)[0, 0]
+            flows_in.append(F.interpolate(full_t, size=img_size, mode="bilinear", align_corners=False))
+            confs_in.append(conf)
+        flows_in = torch.cat(flows_in)
         pred = predict(flows_in)
         steps = []
-        for (k, p), full, f_in, pr in zip(chunk, fulls, flows_in, pred):
-            H, W = full.shape[:2]
-            fwd = resize_flow(torch.from_numpy(full).permute(2, 0, 1)[None].float(), img_size, rescale=True)[0]
+        for g, f_in, pr, conf in zip(items, flows_in, pred, confs_in):
+            H, W = g.full.shape[:2]
+            fwd = resize_flow(torch.from_numpy(g.full).permute(2, 0, 1)[None].float(), img_size, rescale=True)[0]
+            if g.after_break:
+                prev_in = None  # the sequence is broken between this file and the previous readable one
             # Without the backward flow, the flow back to the previous frame is taken as minus its
             # forward flow (exact for a constant motion), and no confidence is known.
             to_prev = -prev_in if prev_in is not None else None
-            step = Step(t, p.stem, pr, f_in, fwd, to_prev, None, None,
-                        meta={"size": (H, W), "base": base_of(k, full)})
+            step = Step(t, g.path.stem, pr, f_in, fwd, to_prev, None, None,
+                        meta={"size": (H, W), "base": base_of(g.index, g.full)}, conf_in=conf)
             t += 1
             prev_in = fwd
             steps.append(step)
         emit(stages.push_many(steps))
+
+    # today's batches: the readable files among each batch_size files in name order
+    for g in _gapped(_read_flows(flow_paths, skipped), gap):
+        if batch and g.index // opts.batch_size != batch[0].index // opts.batch_size:
+            run(batch)
+            batch = []
+        batch.append(g)
+    if batch:
+        run(batch)
     emit(stages.finish())
     anim = writer.close()
     bar.close()
@@ -160,6 +172,67 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
     if "animation" in anim:
         result["gif" if anim["animation"].endswith(".gif") else "animation"] = anim["animation"]
     return result
+
+
+@dataclass
+class _Gapped:
+    """A readable flow file (the ``index``-th of the list) and the flows its frame is judged over."""
+
+    index: int
+    path: Path
+    full: np.ndarray                #: (H, W, 2) its flow, t → t+1
+    run: list[np.ndarray]           #: its flow and the next ones of its unbroken run: k = len(run) <= gap
+    after_break: bool               #: an unreadable file (or the start) lies between it and the previous one
+
+
+def _read_flows(flow_paths: Sequence[Path],
+                skipped: list[tuple[str, str]]) -> Iterator[tuple[int, Path, np.ndarray] | None]:
+    """Each file's flow (H, W, 2) in order, or None for a file that cannot be read (recorded in ``skipped``)."""
+    for k, p in enumerate(flow_paths):
+        try:
+            full = read_flow(str(p))
+            if full.ndim != 3 or full.shape[2] != 2:
+                raise ValueError(f"expected a flow (H, W, 2), got {full.shape}")
+            if not np.isfinite(full).all():
+                raise ValueError("non-finite values")
+        except (OSError, ValueError, EOFError) as err:
+            logger.warning("skipped %s: %s", p, err)
+            skipped.append((str(p), str(err)))
+            yield None
+            continue
+        yield k, p, full
+
+
+def _gapped(flows: Iterator[tuple[int, Path, np.ndarray] | None], gap: int) -> Iterator[_Gapped]:
+    """The readable flows in order, each with the next ones of its run (``_Gapped.run``): k = min(gap, the
+    flows left in the run), a run ending at an unreadable file (None), at a change of grid, or at the end.
+    Holds at most ``gap`` flows (a read-ahead of gap − 1)."""
+    window: deque[tuple[int, Path, np.ndarray, bool]] = deque()
+    after_break = True
+
+    def head() -> _Gapped:
+        k, p, full, brk = window[0]
+        return _Gapped(k, p, full, [f for _, _, f, _ in window], brk)
+
+    for item in flows:
+        if item is not None and window and item[2].shape != window[0][2].shape:
+            while window:  # flows of another size cannot be composed with these
+                yield head()
+                window.popleft()
+        if item is None:
+            while window:
+                yield head()
+                window.popleft()
+            after_break = True
+            continue
+        window.append((*item, after_break))
+        after_break = False
+        if len(window) == gap:
+            yield head()
+            window.popleft()
+    while window:
+        yield head()
+        window.popleft()
 
 
 def video_flows_at_model_size(video: str | os.PathLike, model, opts: SegmentOptions) -> torch.Tensor:

@@ -13,6 +13,16 @@ from emseg.core import hparams as H
 #: hyperparameter recording the width frames were downscaled to before the flow, in training
 FLOW_WIDTH_HPARAM = "flow_width"
 FLOW_SUFFIXES = (".flo", ".npy")
+#: ``--gap``'s default for a video and for flow files (segment.py's ``--gap`` left out), chosen on the dev
+#: split of the video benchmark: a video's flow over the gap is estimated directly, flow files' composed
+#: from consecutive flows, whose estimator errors add up with the gap (docs/METHOD.md, "Gap")
+VIDEO_GAP = 4
+FLOWS_GAP = 2
+
+
+def default_gap(video: bool) -> int:
+    """``--gap``'s default: :data:`VIDEO_GAP` for a video, :data:`FLOWS_GAP` for flow files."""
+    return VIDEO_GAP if video else FLOWS_GAP
 
 
 def _default(key: str):
@@ -25,7 +35,9 @@ class SegmentOptions:
 
     batch_size: int = _default("batch_size")
     temporal: bool = not _default("no_temporal")    #: stage 3
-    gap: int = _default("gap")                      #: frames between the network's two frames (video)
+    #: frames the network and the significance test judge motion over; a video's default (``segment_flows``
+    #: without options, and segment.py for flow files without ``--gap``, take :data:`FLOWS_GAP`)
+    gap: int = VIDEO_GAP
     refine: bool = not _default("no_refine")        #: edge-aware upsampling by the frame (video)
     fusion_weight: float = _default("fusion_weight")  #: a neighbour's weight (× its confidence) against the frame's 1
     min_motion: float = _default("min_motion")      #: stage 4; 0 turns it off

@@ -17,9 +17,9 @@ from emseg.app.segment.model import torch_threads
 from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.source import FramePair, StageTimes
 from emseg.core.significance import significant_foregrounds, suppress
+from emseg.core.tracks import TrackGate
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow
 from emseg.video.temporal import align_identities, carry, fuse
-from emseg.core.tracks import TrackGate
 
 #: a pixel's flow to t+gap is used where its forward-backward confidence is at least this
 GAP_CONFIDENT = 0.5
