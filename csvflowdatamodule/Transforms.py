@@ -322,28 +322,23 @@ class TrFlowNoise:
         return out.to(flow.dtype)
 
     def __call__(self, x: Any) -> Any:
-        if isinstance(x, dict):
-            if "Flow" not in x:
-                return x
-            out = dict(x)
-            out["Flow"] = self.noise(x["Flow"], x.get("Image"))
-            if self.keep_clean:
-                out[LOSS_FLOW_KEY] = x["Flow"]
-            return out
-        return self.noise(x)
+        return self._apply(x, self.noise)
 
     def clip(self, x: Any) -> Any:
         """:meth:`__call__` for a clip item (``'Flow'`` (2, T, I, J), ``'Image'`` (3, T, I, J)) or
         tensor: one draw per clip."""
+        return self._apply(x, self.noise_clip)
+
+    def _apply(self, x: Any, noise) -> Any:
         if isinstance(x, dict):
             if "Flow" not in x:
                 return x
             out = dict(x)
-            out["Flow"] = self.noise_clip(x["Flow"], x.get("Image"))
+            out["Flow"] = noise(x["Flow"], x.get("Image"))
             if self.keep_clean:
                 out[LOSS_FLOW_KEY] = x["Flow"]
             return out
-        return self.noise_clip(x)
+        return noise(x)
 
     def __repr__(self) -> str:
         return f"TrFlowNoise({self.probability}{', keep_clean=True' if self.keep_clean else ''})"

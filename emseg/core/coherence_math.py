@@ -62,14 +62,20 @@ def check_theta_method(theta_method: str) -> None:
 
 
 def check_pred_flow(pred: Tensor, flow: Tensor) -> None:
-    """Shape checks shared by the public entry points."""
-    if not isinstance(flow, Tensor) or flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"expected flow (B, 2, I, J), got {tuple(getattr(flow, 'shape', ()))}")
-    if not isinstance(pred, Tensor) or pred.dim() != 4:
-        raise ValueError(f"expected pred (B, L, I, J), got {tuple(getattr(pred, 'shape', ()))}")
+    """Shape checks shared by the public entry points: pred (B, L, I, J), flow (B, 2, I, J)."""
+    _check_pred_flow(pred, flow, "I, J")
+
+
+def _check_pred_flow(pred: Tensor, flow: Tensor, grid: str) -> None:
+    """pred (B, L, *grid) and flow (B, 2, *grid) of one batch and grid, L >= 1; ``grid`` names the axes."""
+    dim = 2 + len(grid.split(","))
+    if not isinstance(flow, Tensor) or flow.dim() != dim or flow.shape[1] != 2:
+        raise ValueError(f"expected flow (B, 2, {grid}), got {tuple(getattr(flow, 'shape', ()))}")
+    if not isinstance(pred, Tensor) or pred.dim() != dim:
+        raise ValueError(f"expected pred (B, L, {grid}), got {tuple(getattr(pred, 'shape', ()))}")
     if pred.shape[0] != flow.shape[0] or pred.shape[2:] != flow.shape[2:]:
         raise ValueError(
-            f"pred (B, L, I, J) and flow (B, 2, I, J) disagree: pred {tuple(pred.shape)}, "
+            f"pred (B, L, {grid}) and flow (B, 2, {grid}) disagree: pred {tuple(pred.shape)}, "
             f"flow {tuple(flow.shape)}"
         )
     if pred.shape[1] < 1:
@@ -932,17 +938,7 @@ def conditioned_basis_clip(param_model: str, clip_size: Sequence[int], device=No
 
 def check_pred_flow_clip(pred: Tensor, flow: Tensor) -> None:
     """Shape checks of the clip entry points: pred (B, L, T, I, J), flow (B, 2, T, I, J)."""
-    if not isinstance(flow, Tensor) or flow.dim() != 5 or flow.shape[1] != 2:
-        raise ValueError(f"expected flow (B, 2, T, I, J), got {tuple(getattr(flow, 'shape', ()))}")
-    if not isinstance(pred, Tensor) or pred.dim() != 5:
-        raise ValueError(f"expected pred (B, L, T, I, J), got {tuple(getattr(pred, 'shape', ()))}")
-    if pred.shape[0] != flow.shape[0] or pred.shape[2:] != flow.shape[2:]:
-        raise ValueError(
-            f"pred (B, L, T, I, J) and flow (B, 2, T, I, J) disagree: pred {tuple(pred.shape)}, "
-            f"flow {tuple(flow.shape)}"
-        )
-    if pred.shape[1] < 1:
-        raise ValueError(f"expected at least one mask (L >= 1), got pred {tuple(pred.shape)}")
+    _check_pred_flow(pred, flow, "T, I, J")
     if pred.shape[2] < 1:
         raise ValueError(f"expected a clip of T >= 1 frames, got pred {tuple(pred.shape)}")
 
