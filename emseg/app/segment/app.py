@@ -21,6 +21,7 @@ from emseg.app.segment.model import flow_width_of, make_predictor, model_device,
 from emseg.app.segment.options import FLOW_SUFFIXES, FLOW_WIDTH_HPARAM, FLOWS_GAP, SegmentOptions
 from emseg.app.segment.source import VideoError, VideoSource, threaded, video_pairs
 from emseg.app.segment.stages import SequenceStages, Step, pairs_to_steps
+from emseg.app.segment.windows import frame_windows
 from emseg.app.segment.writers import Progress, Writer, write_flows, write_manifest, write_skipped
 from emseg.core.flow_io import read_flow
 from emseg.video.compose import compose_flows
@@ -117,8 +118,10 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
     t = 0
     batch: list[_Gapped] = []
 
+    windows = frame_windows(model, predict)
+    waiting: deque = deque()  # (file, network input, its confidence) until their prediction comes
+
     def run(items: list[_Gapped]) -> None:
-        nonlocal prev_in, t
         flows_in, confs_in = [], []
         for g in items:
             full_t = torch.from_numpy(np.ascontiguousarray(g.full)).permute(2, 0, 1)[None].float()
@@ -133,9 +136,20 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
             flows_in.append(F.interpolate(full_t, size=img_size, mode="bilinear", align_corners=False))
             confs_in.append(conf)
         flows_in = torch.cat(flows_in)
-        pred = predict(flows_in)
+        waiting.extend(zip(items, flows_in, confs_in))
+        preds, start = [], 0
+        for i, g in enumerate(items):
+            if g.after_break:  # a temporal model's clips never span a break
+                preds += windows.push(flows_in[start:i]) + windows.restart()
+                start = i
+        preds += windows.push(flows_in[start:])
+        emit(stages.push_many(steps_of(preds)))
+
+    def steps_of(preds: list[torch.Tensor]) -> list[Step]:
+        nonlocal prev_in, t
         steps = []
-        for g, f_in, pr, conf in zip(items, flows_in, pred, confs_in):
+        for pr in preds:
+            g, f_in, conf = waiting.popleft()
             H, W = g.full.shape[:2]
             fwd = resize_flow(torch.from_numpy(g.full).permute(2, 0, 1)[None].float(), img_size, rescale=True)[0]
             if g.after_break:
@@ -148,7 +162,7 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
             t += 1
             prev_in = fwd
             steps.append(step)
-        emit(stages.push_many(steps))
+        return steps
 
     # today's batches: the readable files among each batch_size files in name order
     for g in _gapped(_read_flows(flow_paths, skipped), gap):
@@ -158,6 +172,7 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
         batch.append(g)
     if batch:
         run(batch)
+    emit(stages.push_many(steps_of(windows.restart())))
     emit(stages.finish())
     anim = writer.close()
     bar.close()
@@ -328,7 +343,7 @@ def _segment_video(model, video: str | os.PathLike, out: Path, opts: SegmentOpti
             n += 1
             bar.update()
 
-    for batch in pairs_to_steps(pairs, img_size, predict, opts.batch_size, keep, times):
+    for batch in pairs_to_steps(pairs, img_size, frame_windows(model, predict), opts.batch_size, keep, times):
         t0 = time.perf_counter()
         done = stages.push_many(batch)
         times.add("temporal+significance", t0)

@@ -5,6 +5,7 @@ model's grid (I, J)."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from emseg.app.segment.model import torch_threads
 from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.source import FramePair, StageTimes
+from emseg.app.segment.windows import FrameWindows
 from emseg.core.significance import significant_foregrounds, suppress
 from emseg.core.tracks import TrackGate
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow
@@ -148,11 +150,15 @@ def _conf(conf: torch.Tensor | None, inside: torch.Tensor) -> torch.Tensor:
 
 def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predict, batch: int,
                    keep_flows: list | None, times: StageTimes | None = None) -> Iterator[list[Step]]:
-    """Batches the network over frame pairs; yields each batch's :class:`Step` s (one per frame), in order."""
+    """Batches the network over frame pairs; yields :class:`Step` s (one per frame), in order, as their
+    predictions come. ``predict``: flows (n, 2, I, J) → pred (n, L, I, J), or a stream of predictions
+    (``emseg.app.segment.windows``: a temporal model's frames come out half a clip late)."""
     times = times or StageTimes()
+    windows = predict if hasattr(predict, "push") else FrameWindows(predict)
     prev_back: torch.Tensor | None = None       # frame t+1's flow back to t (from pair t) ...
     prev_conf_back: torch.Tensor | None = None  # ... and its confidence
     buf: list[FramePair] = []
+    waiting: deque = deque()  # (pair, flow to t+1, network input, its confidence) until their prediction comes
 
     def run(items: list[FramePair]) -> list[Step]:
         t0 = time.perf_counter()
@@ -162,10 +168,18 @@ def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predic
         t1 = times.add("confidence", t0)
         flows_in = torch.cat([F.interpolate(g, size=img_size, mode="bilinear", align_corners=False)
                               for g, _ in gapped])
-        pred = predict(flows_in)
+        waiting.extend(zip(items, fwd, flows_in, (c for _, c in gapped)))
+        preds = windows.push(flows_in)
         times.add("network", t1)
+        return steps_of(preds)
+
+    def steps_of(preds: list[torch.Tensor]) -> list[Step]:
+        out = []
         with torch_threads(1):
-            return [step_of(p, f, f_in, pr, c) for p, f, f_in, pr, (_, c) in zip(items, fwd, flows_in, pred, gapped)]
+            for pr in preds:
+                p, f, f_in, conf = waiting.popleft()
+                out.append(step_of(p, f, f_in, pr, conf))
+        return out
 
     def gap_flow(p: FramePair, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The network's input flow (1, 2, h, w) and its confidence (I, J), or (f, None) without a gap:
@@ -209,7 +223,12 @@ def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predic
     for p in pairs:
         buf.append(p)
         if len(buf) == batch:
-            yield run(buf)
+            if out := run(buf):
+                yield out
             buf = []
-    if buf:
-        yield run(buf)
+    last = run(buf) if buf else []
+    t0 = time.perf_counter()
+    last += steps_of(windows.restart())
+    times.add("network", t0)
+    if last:
+        yield last
