@@ -34,9 +34,27 @@ class CoherenceCriterion:
         cm.check_v_distance(self.v_distance)
         cm.check_theta_method(self.theta_method)
         self.binariser = Binariser(self.binary_method, min_motion=float(hp.get("min_motion") or 0.0))
+        # the temporal model's (clip_length > 1; docs/METHOD.md §5)
+        self.clip_length = int(hp.get("clip_length") or 1)
+        self.st_param_model = hp["st_param_model"]
+        self.temporal_weight = float(hp["temporal_weight"])
+        self.temporal_sigma = float(hp["temporal_sigma"])
+        if self.clip_length > 1:
+            cm.check_st_model(self.st_param_model)
+            if not (self.temporal_weight >= 0 and self.temporal_sigma > 0):
+                raise ValueError(f"--temporal_weight must be >= 0 and --temporal_sigma > 0, got "
+                                 f"{self.temporal_weight} and {self.temporal_sigma}")
+            try:
+                cm.temporal_basis(self.st_param_model, self.clip_length, centered=True)
+            except ValueError as err:
+                raise ValueError(f"--st_param_model {self.st_param_model} with --clip_length {self.clip_length}: "
+                                 f"{err}") from None
 
     def ComputeTheta(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:  # noqa: N802 (authors' name)
         """M-step: θ' (B, L, ft, 2) in the conditioned basis, Xc (N, ft), M (ft, ft)."""
+        if self.clip_length > 1:  # θ' (B, L, ft, 2) of the space-time model, Xc (T·I·J, ft)
+            return cm.fit_theta_clip(batch["Pred"], batch["Flow"], self.st_param_model, self.v_distance,
+                                     self.theta_method)
         return cm.fit_theta(batch["Pred"], batch["Flow"], self.param_model, self.v_distance, self.theta_method)
 
     def Criterion(self, batch: dict, with_parametric_flow: bool = True) -> dict:  # noqa: N802 (authors' name)
@@ -48,8 +66,18 @@ class CoherenceCriterion:
         Returns ``losses`` = coherence − entropy_weight · entropy, ``coherence_losses``,
         ``entropies`` (B,), ``theta`` (B, L, ft, 2) in the original basis and, with
         ``with_parametric_flow``, ``ParametricFlow`` (B, 2, I, J).
+
+        The temporal model's (``clip_length`` T > 1): pred (B, L, T, I, J) against flow (B, 2, T, I, J)
+        by :func:`Models.temporal.clip_loss` (``st_param_model``, ``temporal_weight``, ``temporal_sigma``):
+        the same keys per clip, ``temporal_losses``, and the per-frame ``frame_…`` terms.
         """
         flow = batch.get("LossFlow", batch["Flow"])
+        if self.clip_length > 1:
+            from Models.temporal import clip_loss
+
+            return clip_loss(batch["Pred"], flow, self.st_param_model, self.v_distance, self.theta_method,
+                             self.entropy_weight, self.temporal_weight, self.temporal_sigma,
+                             with_parametric_flow=with_parametric_flow)
         out = cm.em_loss(batch["Pred"], flow, self.param_model, self.v_distance, self.theta_method,
                          self.entropy_weight, with_parametric_flow=with_parametric_flow)
         keep = ("losses", "coherence_losses", "entropies", "theta", "ParametricFlow")

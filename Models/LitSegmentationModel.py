@@ -83,19 +83,30 @@ class SegmentationSteps:
 
         A training step does not binarise: the masks and their J are evaluation's, and on a GPU
         they cost the tiny network's step more than the network itself (many small kernels).
+
+        The temporal model (``clip_length`` > 1) computes its loss per clip and returns these per
+        frame (:meth:`_clip_step`): a batch of B clips of T frames gives B·T rows.
         """
         if "Flow" not in batch:
             logger.warning("%s batch %d: every sample was skipped (%d), step skipped", stage, batch_idx,
                            len(batch.get("Skipped") or []))
             return None
+        if int(getattr(self, "clip_length", 1)) > 1:
+            return self._clip_step(batch, stage, batch_idx)
         batch = self.prediction(batch)
         crit = self.Criterion(batch, with_parametric_flow=False)
         losses = crit["losses"]
         self.check_finite(losses, batch, stage, batch_idx)
+        return self._frame_outputs(batch, losses.mean(), crit, stage, batch_idx, batch["Flow"].shape[0])
+
+    def _frame_outputs(self, batch: dict, loss: Tensor, crit: dict, stage: str, batch_idx: int,
+                       batch_size: int) -> dict:
+        """The step's outputs from the per-frame batch (``Pred`` (B, L, I, J) in it) and per-frame
+        ``crit`` (``losses``, ``coherence_losses``, ``entropies`` (B,), ``theta``); logs them."""
         with torch.no_grad():
             metrics = {"masks_usages": masks_usages(batch["Pred"])} if stage == "train" else self.frame_metrics(batch)
         B = batch["Flow"].shape[0]
-        out = {"loss": losses.mean(), "losses": losses.detach(),
+        out = {"loss": loss, "losses": crit["losses"].detach(),
                "coherence_losses": crit["coherence_losses"].detach(), "entropies": crit["entropies"].detach(),
                "theta": crit["theta"], "Pred": batch["Pred"].detach(),
                "masks_usages": metrics["masks_usages"], "index": batch.get("Index"),
@@ -104,8 +115,48 @@ class SegmentationSteps:
             out["PredMask"] = batch["PredMask"]
         if "jaccs" in metrics:
             out["jaccs"] = metrics["jaccs"]
-        self.log_step(out, stage, B)
+        self.log_step(out, stage, batch_size)
+        if "temporal_losses" in crit:
+            self.log(f"{stage}/temporal", crit["temporal_losses"].mean(), on_step=False, on_epoch=True,
+                     batch_size=batch_size, sync_dist=stage != "train")
         return out
+
+    def _clip_step(self, batch: dict, stage: str, batch_idx: int) -> dict:
+        """The step of a temporal model (``clip_length`` T > 1), its outputs per frame as
+        :meth:`_step`'s, so that rows, metrics and per-frame files are the frame model's.
+
+        A clip batch (``Flow`` (B, 2, T, I, J), ``csvflowdatamodule/clips.py``) is predicted and its
+        loss computed per clip (``loss``: their mean, with its graph), then the batch becomes, in place,
+        the batch of its B·T frames (``Models.temporal.clips_as_frames``: ``Index`` each frame's CSV
+        row, ``FlowPath`` its path): every output is per frame. A frame batch in which each frame
+        brings its clip (``ClipFlow`` (B, 2, T, I, J) and ``ClipFrame`` (B,), the frame's place in it:
+        ``evaluationmodule/clip_frames.py``, what ``model_eval.py`` serves) gets frame ``ClipFrame`` of
+        its clip's prediction and loss terms.
+        """
+        from Models.temporal import CLIP_VOLUMES, clips_as_frames, frame_of_clip, per_frame
+
+        T = int(self.clip_length)
+        at = batch.get("ClipFrame")
+        if at is not None:
+            at = torch.as_tensor(at, dtype=torch.long)
+            clips = {name: batch["Clip" + name] for name in CLIP_VOLUMES if "Clip" + name in batch}
+            names = list(batch.get("FlowPath") or [])
+        else:
+            clips = batch
+            names = [f"{p[0]} … {p[-1]}" for p in batch.get("FlowPath") or []]
+        clips = self.prediction(clips)
+        crit = self.Criterion(clips, with_parametric_flow=False)
+        self.check_finite(crit["losses"], {"FlowPath": names} if names else {}, stage, batch_idx)
+        n_clips = int(crit["losses"].shape[0])
+        if at is not None:
+            batch["Pred"] = frame_of_clip(clips["Pred"], at)
+        else:
+            clips_as_frames(batch, T)
+        frames = {"losses": per_frame(crit["frame_losses"], at),
+                  "coherence_losses": per_frame(crit["frame_coherence"], at),
+                  "entropies": per_frame(crit["frame_entropies"], at),
+                  "theta": per_frame(crit["frame_theta"], at), "temporal_losses": crit["temporal_losses"]}
+        return self._frame_outputs(batch, crit["losses"].mean(), frames, stage, batch_idx, n_clips)
 
     def log_step(self, out: dict, stage: str, batch_size: int) -> None:
         """``{stage}/loss``, ``/coherence``, ``/entropy``, ``/jacc`` (with ground truth) and, in
@@ -161,6 +212,9 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
 
     #: the groups of ``emseg/core/hparams.py`` whose settings this class reads (subclasses add theirs)
     HPARAM_GROUPS: tuple[type, ...] = (H.NetworkHparams, H.UNetHparams, H.OptimHparams, H.InputHparams)
+    #: settings of ``H.DataHparams`` that are also the model's (stored in its checkpoints): the clip length
+    #: T it reads (> 1: the temporal model)
+    DATA_HPARAMS: tuple[str, ...] = ("clip_length",)
     has_network = True
 
     def __init__(self, **kwargs: Any) -> None:
@@ -177,15 +231,26 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
             hp["inputs"] = [hp["inputs"]]
         self.save_hyperparameters(hp)
         self.L = int(hp["nAffineMasks"])
+        #: frames per sample: > 1 is the temporal model (Models/Backbones/temporal.py), 1 the frame model
+        self.clip_length = int(hp["clip_length"])
+        if self.clip_length < 1:
+            raise ValueError(f"--clip_length must be >= 1, got {self.clip_length}")
         if self.has_network:
-            self.backbone_model = Backbone.from_hparams(hp)
-            self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
+            if self.clip_length > 1:
+                from Models.Backbones.temporal import temporal_network
+
+                self.backbone_model, self.head_model = temporal_network(hp)
+            else:
+                self.backbone_model = Backbone.from_hparams(hp)
+                self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:
         """name → default of every hyperparameter this class reads (read from ``emseg/core/hparams.py``
         at each call)."""
         out = H.defaults(*cls.all_hparam_groups())
+        # the data settings the network is built for (clip_length: T > 1 builds the temporal model)
+        out.update({key: H.default(key, H.DataHparams) for key in cls.DATA_HPARAMS})
         for klass in reversed(cls.__mro__):
             out.update(vars(klass).get("HPARAM_DEFAULTS", {}))  # a subclass's own, outside utils/hparams
         return out
@@ -272,11 +337,13 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
     # Forward
     # ----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Network input (B, C, I, J) → pred (B, L, I, J), softmax over L."""
+        """Network input (B, C, I, J) → pred (B, L, I, J), softmax over L; the temporal model's
+        (``clip_length`` T > 1): (B, C·T, I, J) (stack2d) or (B, C, T, I, J) (unet3d) → (B, L, T, I, J)."""
         return self.head_model(self.backbone_model(x))
 
     def prediction(self, batch: dict) -> dict:
-        """Add ``'Pred'`` (B, L, I, J), softmax over L, to the batch (which must hold ``--inputs``)."""
+        """Add ``'Pred'`` (B, L, I, J), softmax over L, to the batch (which must hold ``--inputs``); the
+        temporal model's: (B, L, T, I, J) from a clip batch (``Flow`` (B, 2, T, I, J))."""
         if not isinstance(batch, dict):
             raise TypeError(f"prediction expects a batch dict such as {{'Flow': flow}}, got {type(batch).__name__}")
         x = self.backbone_model.prepare_input(batch)

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: written out here so that reading them needs no Lightning (tests/test_fast_start.py checks they agree)
 METHODE_B_HPARAM_GROUPS: tuple[type, ...] = (H.NetworkHparams, H.UNetHparams, H.OptimHparams, H.InputHparams,
                                              H.LossHparams)
+#: ``MethodeB.DATA_HPARAMS``: the data settings its network is built for (tests/test_temporal_model.py: they agree)
+METHODE_B_DATA_HPARAMS: tuple[str, ...] = ("clip_length",)
 #: the module prefixes of a network's weights in a checkpoint's state dict
 NETWORK_PREFIXES = ("backbone_model.", "head_model.")
 
@@ -47,7 +49,8 @@ def methode_b_hparams(stored: dict[str, Any]) -> dict[str, Any]:
     holds: every default of :data:`METHODE_B_HPARAM_GROUPS`, ``stored`` over them, normalised as
     ``LitSegmentationModel.__init__`` does (``inner_normalisation`` None → ``'None'``, ``img_size``
     a list of ints, ``inputs`` a list). Unknown names are kept, as there."""
-    hp = {**H.defaults(*METHODE_B_HPARAM_GROUPS), **stored}
+    hp = {**H.defaults(*METHODE_B_HPARAM_GROUPS), **{k: H.default(k, H.DataHparams) for k in METHODE_B_DATA_HPARAMS},
+          **stored}
     if hp.get("inner_normalisation") is None:
         hp["inner_normalisation"] = "None"
     hp["img_size"] = [int(s) for s in hp["img_size"]]
@@ -77,6 +80,11 @@ class SegmentationNetwork(nn.Module):
         hp = methode_b_hparams(kwargs)
         self.hparams: dict[str, Any] = hp
         self.L = int(hp["nAffineMasks"])
+        if int(hp["clip_length"]) > 1:
+            raise CheckpointError(
+                f"a temporal model (clip_length {hp['clip_length']}, temporal_backbone {hp['temporal_backbone']}) "
+                "reads clips of flows: segment.py and the exported backends do not run it yet; evaluate it with "
+                "model_eval.py (per frame), or load it with MethodeB.load_from_checkpoint")
         # The checks CoherenceNet.init_criterion makes, so a checkpoint MethodeB refuses is refused here too.
         cm.check_param_model(hp["param_model"])
         cm.check_v_distance(hp["v_distance"])

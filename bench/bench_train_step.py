@@ -14,8 +14,15 @@ its own subprocess so that its peak memory is its own: peak RSS (``ru_maxrss``) 
 
 ``--precision bf16-mixed`` runs forward and loss under bf16 autocast, as training does with that flag.
 
+**The temporal model** (``--clip_length T`` > 1, docs/METHOD.md §5) against the frame model at equal frames
+per batch (unless ``--no_temporal``): the same ``--batch`` frames, served as ``--batch`` frames to the frame
+model (IRLS, ``--param_model``) and as ``--batch`` / T clips of T frames to the temporal one (each
+``--temporal_backbones``, IRLS, ``QuadraticST1``), all cut from one synthetic smooth-motion split
+(``csvflowdatamodule.synthetic --motion smooth``, a sequence per clip); a second table gives per-frame step
+times, frames/s, peak memory and the ratio to the frame model's step (target ≤ 1.5 on CPU for stack2d).
+
 Usage: ``python bench/bench_train_step.py [--quick] [--device cpu|cuda] [--precision 32-true|bf16-mixed]
-[--out bench/results/train_step.json]``.
+[--clip_length 5] [--temporal_backbones stack2d,unet3d] [--no_temporal] [--out bench/results/train_step.json]``.
 """
 
 from __future__ import annotations
@@ -120,6 +127,104 @@ def run_worker(cfg: dict) -> dict:
     return out
 
 
+def clip_data(n_frames: int, T: int, img_size: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_frames`` synthetic smooth-motion flows as frames (n_frames, 2, I, J) and as the n_frames / T clips
+    (n_frames / T, 2, T, I, J) they make (a sequence of T frames per clip; frame k is frame k % T of clip k // T)."""
+    import tempfile
+
+    from csvflowdatamodule.clips import CsvClipDataset
+    from csvflowdatamodule.synthetic import make_synthetic_split
+
+    if n_frames % T:
+        raise ValueError(f"--batch {n_frames} must be a multiple of --clip_length {T} (equal frames per batch)")
+    with tempfile.TemporaryDirectory(prefix="bench_clips_") as tmp:
+        prefix = make_synthetic_split(tmp, "b", n_train=n_frames, n_val=1, n_test=1, img_size=tuple(img_size),
+                                      seed=seed, frames_per_sequence=T, motion="smooth")
+        ds = CsvClipDataset(f"{prefix}_train.csv", tmp, tuple(img_size), ["Flow"], clip_length=T, clip_stride=T)
+        clips = torch.stack([ds[i]["Flow"] for i in range(len(ds))])
+    frames = clips.transpose(1, 2).reshape(n_frames, 2, *clips.shape[3:])
+    return frames, clips
+
+
+def run_temporal_worker(cfg: dict) -> dict:
+    """Time training steps of the frame model (``mode`` 'frame') or of a temporal one (``mode`` its
+    ``--temporal_backbone``) on the same ``cfg['batch']`` frames; return times and peak memory."""
+    from Models.CoherenceNets.MethodeB import MethodeB
+
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    T = int(cfg["clip_length"])
+    frames, clips = clip_data(cfg["batch"], T, cfg["img_size"], seed=0)
+    hp = {**NETS[cfg["net"]], "img_size": list(cfg["img_size"]), "nAffineMasks": cfg["L"],
+          "param_model": cfg["param_model"], "v_distance": cfg["v_distance"], "theta_method": "IRLS"}
+    if cfg["mode"] != "frame":
+        hp.update({"clip_length": T, "temporal_backbone": cfg["mode"]})
+    model = MethodeB(**hp).to(device)
+    model.train()
+    opt = model.configure_optimizers()
+    flow = (frames if cfg["mode"] == "frame" else clips).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    bf16 = cfg.get("precision", "32-true") == "bf16-mixed"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model.training_step({"Flow": flow}, 0)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(cfg["warmup"]):
+        step()
+    times = []
+    for _ in range(cfg["steps"]):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    out = {"step_times_s": times, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+           "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["cuda_peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def temporal_rows(a: argparse.Namespace, net: str, batch: int, steps: int) -> list[dict]:
+    """The frame model and each temporal backbone on the same frames (one worker each, alternating
+    over ``--rounds``); per-frame times and the ratio to the frame model's step."""
+    modes = ["frame", *a.temporal_backbones.split(",")]
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    for _ in range(a.rounds):
+        for mode in modes:
+            cfg = {"net": net, "mode": mode, "temporal": True, "device": a.device, "batch": batch,
+                   "img_size": list(a.img_size), "L": a.L, "param_model": a.param_model, "v_distance": a.v_distance,
+                   "clip_length": a.clip_length, "steps": steps, "warmup": a.warmup,
+                   "threads": a.threads or torch.get_num_threads(), "precision": a.precision}
+            logger.info("%s / %s: %d frames per batch, %d steps ...", net, mode, batch, steps)
+            results[mode].append(spawn(cfg, a.timeout))
+    rows = []
+    for mode in modes:
+        res = results[mode]
+        times = [t for r in res for t in r["step_times_s"]]
+        med = statistics.median(times)
+        rows.append({"net": net, "params_M": res[0]["params_M"], "model": "frame" if mode == "frame" else
+                     f"temporal {mode}", "clip_length": 1 if mode == "frame" else a.clip_length,
+                     "samples": batch if mode == "frame" else batch // a.clip_length, "frames": batch,
+                     "steps": len(times), "step_median_ms": 1e3 * med, "per_frame_ms": 1e3 * med / batch,
+                     "frames_per_s": batch / med, "samples_per_s": (batch if mode == "frame" else
+                                                                    batch // a.clip_length) / med,
+                     "peak_rss_MiB": max(r["peak_rss_MiB"] for r in res),
+                     "cuda_peak_MiB": max(r["cuda_peak_MiB"] for r in res) if "cuda_peak_MiB" in res[0] else None})
+    for row in rows:
+        row["ratio_to_frame"] = row["step_median_ms"] / rows[0]["step_median_ms"]
+    return rows
+
+
 def spawn(cfg: dict, timeout: float) -> dict:
     """Run one worker in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg)]
@@ -159,13 +264,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
                    help="as model_train.py's --precision: bf16-mixed runs forward and loss under bf16 autocast")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
+    p.add_argument("--clip_length", type=int, default=5, help="T of the temporal model (--batch must be a multiple)")
+    p.add_argument("--temporal_backbones", default="stack2d,unet3d", help="comma-separated --temporal_backbone "
+                   "values timed against the frame model")
+    p.add_argument("--no_temporal", action="store_true", help="skip the temporal model's table")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     if a.worker is not None:
-        print(json.dumps(run_worker(json.loads(a.worker))))
+        cfg = json.loads(a.worker)
+        print(json.dumps(run_temporal_worker(cfg) if cfg.get("temporal") else run_worker(cfg)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if a.threads:
@@ -222,9 +332,25 @@ def main(argv: Sequence[str] | None = None) -> int:
           "'network' = forward + backward + Adam with loss pred.mean(); the others = model.training_step "
           "(forward, θ, loss, per-frame rows) + backward + Adam.\n")
     print(markdown_table(rows, cols))
+    trows: list[dict] = []
+    if not a.no_temporal:
+        trows = temporal_rows(a, "cpu-sized", a.batch, steps)
+        tcols = [("net", "net"), ("model", "model"), ("clip_length", "T"), ("samples", "samples"),
+                 ("frames", "frames"), ("steps", "steps"), ("step_median_ms", "step median ms", ".1f"),
+                 ("per_frame_ms", "ms per frame", ".2f"), ("frames_per_s", "frames/s", ".1f"),
+                 ("samples_per_s", "samples/s", ".2f"), ("ratio_to_frame", "× frame step", ".3f"),
+                 ("peak_rss_MiB", "peak RSS MiB", ".0f"), ("cuda_peak_MiB", "CUDA peak MiB", ".0f")]
+        print("\n## Temporal model against the frame model, equal frames per batch\n")
+        print(f"{a.batch} frames per batch: {a.batch} frames (frame model, {a.param_model}) or "
+              f"{a.batch // a.clip_length} clips of {a.clip_length} (temporal, QuadraticST1), synthetic smooth motion; "
+              "IRLS; training_step + "
+              "backward + Adam.\n")
+        print(markdown_table(trows, tcols))
+    rows = rows + trows
     meta = {"img_size": list(a.img_size), "L": a.L, "param_model": a.param_model, "v_distance": a.v_distance,
             "device": a.device, "precision": a.precision, "rounds": a.rounds, "quick": a.quick,
-            "target_ratio_cpu_sized_IRLS": 1.15,
+            "target_ratio_cpu_sized_IRLS": 1.15, "target_ratio_temporal_stack2d_cpu": 1.5,
+            "clip_length": a.clip_length,
             "argv": list(sys.argv[1:] if argv is None else argv)}
     announce(write_results(a.out, rows, meta))
     return 0

@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "em_iterations": "--em_iterations"})
     if args.num_workers is not None and args.num_workers < 0:
         raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
+    if args.clip_length != H.default("clip_length") or args.clip_stride != H.default("clip_stride"):
+        raise ConfigError("--clip_length/--clip_stride: model_eval.py evaluates every frame once; a temporal "
+                          "checkpoint's clips follow from its own clip length (each frame from the clip it is most "
+                          "central in: evaluationmodule/clip_frames.py), so leave them out")
     check_img_size(args.img_size)
     check_cuda(args.accelerator)
     if args.model == "ClassicalEM":

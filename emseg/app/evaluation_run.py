@@ -241,6 +241,10 @@ def evaluate_step(model: pl.LightningModule, dm: CsvDataModule, step: str, args:
                   model_sha256: str = "") -> dict:
     save_dir = args.save_dir
     dataset = dm.setup_dataset(step)
+    if int(getattr(model, "clip_length", 1)) > 1:  # a temporal model: each frame with its clip, once
+        from evaluationmodule.clip_frames import FrameClipDataset
+
+        dataset = FrameClipDataset(dataset, int(model.clip_length))
     n_total = len(dataset)
     if args.save_npy or args.save_mask or args.draw_figs:
         check_output_names(dataset, save_dir)

@@ -150,3 +150,28 @@ def check_training_args(args: argparse.Namespace) -> None:
                           f"(got {args.max_epochs}) or --max_steps")
     check_cuda(args.accelerator)
     warn_single_mask(args.nAffineMasks)
+    check_temporal_args(args)
+
+
+def check_temporal_args(args: argparse.Namespace) -> None:
+    """The temporal model's settings (``--clip_length`` > 1, docs/METHOD.md §5): its space-time motion
+    model must have independent temporal functions on the clip's frames, and ``unet3d`` has no fake form."""
+    T = int(args.clip_length)
+    if T <= 1:
+        return
+    from emseg.core.method_names import ST_MODELS
+
+    name = args.st_param_model
+    _, kind, n = ST_MODELS[name]
+    if kind == "poly" and T <= n:
+        raise ConfigError(f"--st_param_model {name} has {n + 1} temporal functions: it needs --clip_length > {n}, "
+                          f"got {T}")
+    if kind == "bspline":
+        from emseg.core import coherence_math as cm  # torch: only for the B-spline models' rank check
+
+        try:
+            cm.temporal_basis(name, T, centered=True)
+        except ValueError as err:
+            raise ConfigError(f"--st_param_model {name} with --clip_length {T}: {err}") from None
+    if args.temporal_backbone == "unet3d" and args.backbone == "fake":
+        raise ConfigError("--backbone fake has no 3-D form: use --temporal_backbone stack2d")

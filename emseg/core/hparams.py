@@ -54,6 +54,8 @@ DIS_PRESETS: tuple[str, ...] = ("ultrafast", "fast", "medium")
 #: what runs segment.py's network on the CPU, and at which precision: defined here, read by Models/backends.py
 INFERENCE_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 INFERENCE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: the temporal networks (``--clip_length`` > 1): Models/Backbones/temporal.TEMPORAL_BACKBONES
+TEMPORAL_BACKBONES: tuple[str, ...] = ("stack2d", "unet3d")
 
 
 def int_or_float(v: str) -> int | float:
@@ -138,6 +140,10 @@ class NetworkHparams:
                        "learns", flags=["-bb"], choices=BACKBONES)
     features_backbone: int = hp(32, "channels of the backbone's output (the head's input)", parse=Bounded(int, low=1))
     inputs: list[str] = hp(["Flow"], "network inputs, concatenated on channels", nargs="+", choices=INPUT_TYPES)
+    temporal_backbone: str = hp("stack2d", "the temporal network, built when --clip_length > 1 (a clip of T flows in, "
+                                "T frames of L masks out): stack2d, the U-Net over the T inputs stacked on channels "
+                                "(2·T in, L·T out; cheap), or unet3d, a 3-D U-Net (Conv3d; pooling in space only)",
+                                choices=TEMPORAL_BACKBONES)
 
 
 @dataclass
@@ -190,6 +196,14 @@ class LossHparams:
     entropy_weight: float = hp(0.01, "weight of the entropy term subtracted from the coherence loss",
                                parse=Bounded(float))
     binary_method: str = hp("exceptbiggest", "turning L masks into one foreground mask", choices=BINARY_METHODS)
+    st_param_model: str = hp("QuadraticST1", "(--clip_length > 1) space-time motion model fitted to each mask over the "
+                             "clip (docs/METHOD.md §4)", choices=tuple(cm.ST_MODELS))
+    temporal_weight: float = hp(0.0, "(--clip_length > 1) weight of the temporal term: the flow-gated mean "
+                                "|m_t - m_t+1| of the masks of consecutive frames (docs/METHOD.md §5)",
+                                parse=Bounded(float, low=0))
+    temporal_sigma: float = hp(1.0, "(--clip_length > 1) the temporal term's gate exp(-|f_t+1 - f_t| / SIGMA), "
+                               "in the flow's units (pixels): where the flow changes in time, the masks may too",
+                               parse=Bounded(float, low=0, low_open=True))
 
 
 @dataclass
