@@ -88,8 +88,10 @@ def available_backends() -> list[str]:
 def _check_flow(flow: Tensor) -> Tensor:
     if not isinstance(flow, Tensor):
         raise TypeError(f"a backend takes flow as a torch.Tensor (B, 2, I, J), got {type(flow).__name__}")
-    if flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"a backend takes flow (B, 2, I, J), got shape {tuple(flow.shape)}")
+    # (B, 2, T, I, J): a clip, for a temporal model (the network checks T against its own)
+    if flow.dim() not in (4, 5) or flow.shape[1] != 2:
+        raise ValueError(f"a backend takes flow (B, 2, I, J) or, for a temporal model, a clip (B, 2, T, I, J), "
+                         f"got shape {tuple(flow.shape)}")
     return flow.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
@@ -479,11 +481,15 @@ def make_backend(model: nn.Module, name: str | None = None, precision: str = "fp
 
 def parity(model: nn.Module, path: str | os.PathLike, name: str, flow: Tensor | None = None) -> float:
     """max |Δpred| between backend ``name`` on the exported file ``path`` and the model in torch
-    fp32, on ``flow`` (B, 2, I, J) or, by default, a smooth synthetic flow at the model's size."""
+    fp32, on ``flow`` (B, 2, I, J) (a temporal model: (B, 2, T, I, J)) or, by default, a smooth synthetic
+    flow at the model's size."""
     if flow is None:
         I, J = (int(s) for s in model.hparams["img_size"])
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, I), torch.linspace(-1, 1, J), indexing="ij")
         inside = ((xx - 0.2) ** 2 + yy ** 2 < 0.25).float()
         flow = torch.stack([2.0 + 0.5 * xx + 3.0 * inside, -1.0 + 0.3 * yy - 2.0 * inside])[None]
+        T = int(model.hparams.get("clip_length", 1) or 1)
+        if T > 1:  # a temporal model's clip: the disc moving a pixel a frame
+            flow = torch.stack([torch.roll(flow, k, dims=-1) for k in range(T)], dim=2)
     ref = TorchBackend(model)(flow)
     return (backend_from_file(path, name)(flow) - ref).abs().max().item()

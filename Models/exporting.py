@@ -27,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -135,14 +134,28 @@ class PredictionGraph(nn.Module):
         self.head = head
         self.n_masks = int(model.L)
         self.img_size = [int(s) for s in model.hparams["img_size"]]
+        #: a temporal model's clip length T (> 1: flow (B, 2, T, I, J) → pred (B, L, T, I, J)), else 1
+        self.clip_length = int(model.hparams.get("clip_length", 1) or 1)
+        # the 2-D temporal network reads the clip's frames stacked on channels, as its batch preparator stacks them
+        self.stacked = self.clip_length > 1 and getattr(model.backbone_model, "kind", "") == "stack2d"
 
     def forward(self, flow: Tensor) -> Tensor:
+        if self.stacked:
+            B, C, T, I, J = flow.shape
+            flow = flow.reshape(B, C * T, I, J)
         return self.head(self.backbone(flow))
 
+    def example_flow(self) -> Tensor:
+        """A flow of the graph's input shape: (2, 2, I, J), or (2, 2, T, I, J) for a temporal model."""
+        g = torch.Generator().manual_seed(0)
+        clip = (self.clip_length,) if self.clip_length > 1 else ()
+        return torch.randn(2, 2, *clip, *self.img_size, generator=g)
 
-def _example_flow(img_size: Sequence[int]) -> Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 2, int(img_size[0]), int(img_size[1]), generator=g)
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Batch, height and width dynamic (a temporal model's T is fixed by its weights)."""
+        h = 3 if self.clip_length > 1 else 2
+        axes = {0: "batch", h: "height", h + 1: "width"}
+        return {"flow": axes, "pred": dict(axes)}
 
 
 def _write_onnx(graph: PredictionGraph, path: Path) -> None:
@@ -152,15 +165,13 @@ def _write_onnx(graph: PredictionGraph, path: Path) -> None:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.onnx.export(
-                graph, (_example_flow(graph.img_size),), str(path), input_names=["flow"], output_names=["pred"],
-                dynamic_axes={"flow": {0: "batch", 2: "height", 3: "width"},
-                              "pred": {0: "batch", 2: "height", 3: "width"}},
-                opset_version=OPSET, do_constant_folding=True, dynamo=False)
+                graph, (graph.example_flow(),), str(path), input_names=["flow"], output_names=["pred"],
+                dynamic_axes=graph.dynamic_axes(), opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike) -> Path:
     """Write ``model``'s network as ONNX to ``out`` (atomically): input ``flow`` (B, 2, I, J),
-    output ``pred`` (B, L, I, J), B, I and J dynamic."""
+    output ``pred`` (B, L, I, J), B, I and J dynamic; a temporal model's (B, 2, T, I, J) → (B, L, T, I, J)."""
     graph = PredictionGraph(model)
     return atomic_write(out, lambda tmp: _write_onnx(graph, tmp))
 

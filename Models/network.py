@@ -60,7 +60,8 @@ def methode_b_hparams(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 class SegmentationNetwork(nn.Module):
-    """``MethodeB``'s network as a plain module: flow (B, 2, I, J) → pred (B, L, I, J), softmax over L.
+    """``MethodeB``'s network as a plain module: flow (B, 2, I, J) → pred (B, L, I, J), softmax over L;
+    a temporal model's (``clip_length`` T > 1): clip (B, 2, T, I, J) → pred (B, L, T, I, J).
 
     Build it with the command-line names, as ``MethodeB``::
 
@@ -80,11 +81,6 @@ class SegmentationNetwork(nn.Module):
         hp = methode_b_hparams(kwargs)
         self.hparams: dict[str, Any] = hp
         self.L = int(hp["nAffineMasks"])
-        if int(hp["clip_length"]) > 1:
-            raise CheckpointError(
-                f"a temporal model (clip_length {hp['clip_length']}, temporal_backbone {hp['temporal_backbone']}) "
-                "reads clips of flows: segment.py and the exported backends do not run it yet; evaluate it with "
-                "model_eval.py (per frame), or load it with MethodeB.load_from_checkpoint")
         # The checks CoherenceNet.init_criterion makes, so a checkpoint MethodeB refuses is refused here too.
         cm.check_param_model(hp["param_model"])
         cm.check_v_distance(hp["v_distance"])
@@ -92,8 +88,15 @@ class SegmentationNetwork(nn.Module):
         # Registered first, as CoherenceNet's: a module's own buffers come first in its state dict,
         # so the keys are MethodeB's in MethodeB's order (the digest hashes them in order).
         self.register_buffer("XoT", cm.make_basis(hp["param_model"], hp["img_size"]))
-        self.backbone_model = Backbone.from_hparams(hp)
-        self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
+        #: T > 1: a temporal model, clips (B, 2, T, I, J) in, pred (B, L, T, I, J) out (docs/METHOD.md §5)
+        self.clip_length = int(hp["clip_length"])
+        if self.clip_length > 1:
+            from Models.Backbones.temporal import temporal_network
+
+            self.backbone_model, self.head_model = temporal_network(hp)
+        else:
+            self.backbone_model = Backbone.from_hparams(hp)
+            self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
 
     @property
     def device(self) -> torch.device:

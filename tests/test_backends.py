@@ -192,7 +192,8 @@ def test_bad_names_precisions_and_inputs(model):
     with pytest.raises(ValueError, match="precision must be one of"):
         B.make_backend(model, "torch", precision="fp16")
     backend = B.make_backend(model, "torch")
-    with pytest.raises(ValueError, match=r"flow \(B, 2, I, J\), got shape \(1, 3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"flow \(B, 2, I, J\) or, for a temporal model, a clip "
+                                         r"\(B, 2, T, I, J\), got shape \(1, 3, 8, 8\)"):
         backend(torch.zeros(1, 3, 8, 8))
     with pytest.raises(TypeError, match="ndarray"):
         backend(np.zeros((1, 2, 8, 8), np.float32))
