@@ -20,7 +20,8 @@ from utils.evaluations import db_eval_iou
 class CoherenceCriterion:
     """``Criterion``, ``generate_binary_mask`` and ``frame_metrics`` of the EM coherence method,
     configured by hyperparameters (``param_model``, ``v_distance``, ``theta_method``,
-    ``entropy_weight``, ``binary_method``, and ``min_motion``, 0 by default: keep a foreground
+    ``entropy_weight``, ``binary_method``, ``track_frames`` (1 by default: each frame alone; see
+    ``emseg.core.binarisation.Binariser``) and ``min_motion``, 0 by default: keep a foreground
     region only if it moves unlike the background). Call :meth:`init_criterion` from ``__init__``.
     """
 
@@ -33,7 +34,8 @@ class CoherenceCriterion:
         cm.check_param_model(self.param_model)
         cm.check_v_distance(self.v_distance)
         cm.check_theta_method(self.theta_method)
-        self.binariser = Binariser(self.binary_method, min_motion=float(hp.get("min_motion") or 0.0))
+        self.binariser = Binariser(self.binary_method, min_motion=float(hp.get("min_motion") or 0.0),
+                                   track_frames=int(hp.get("track_frames") or 1))
         # the temporal model's (clip_length > 1; docs/METHOD.md §5)
         self.clip_length = int(hp.get("clip_length") or 1)
         self.st_param_model = hp["st_param_model"]

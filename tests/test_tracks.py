@@ -232,3 +232,33 @@ def test_the_binariser_judges_tracks_causally_across_batches():
                                                             "Flow": steps[0].flow_in[None]})
     with pytest.raises(ValueError, match="track_frames"):
         Binariser(track_frames=0)
+
+
+def test_model_eval_applies_the_track_rule_on_request(tiny_split, tmp_path):
+    """model_eval.py --min_motion 2 --track_frames 3: its binariser judges tracks, the settings record it,
+    every frame is scored; and the combinations that cannot work are one-line errors."""
+    import json
+
+    from emseg.app.evaluation_cli import parse_args
+    from emseg.app.evaluation_run import load_model
+    from emseg.core.hparams import ConfigError
+    from tests.conftest import read_csv, run_cli
+
+    base, prefix = tiny_split
+    common = ["--model", "ClassicalEM", "--em_iterations", "3", "--img_size", "64", "112", "--base_dir", base,
+              "--data_file", prefix, "--steps", "test", "--num_workers", "0", "--accelerator", "cpu",
+              "--batch_size", "3"]
+    args = parse_args([*common, "--save_dir", str(tmp_path / "x"), "--min_motion", "2", "--track_frames", "3"])
+    model = load_model(args)
+    assert model.binariser.track_frames == 3 and model.binariser.min_motion == 2.0
+    assert load_model(parse_args([*common, "--save_dir", "y", "--min_motion", "2"])).binariser.track_frames == 1
+    for bad, said in ((["--track_frames", "3"], "needs --min_motion"),
+                      (["--min_motion", "2", "--track_frames", "3", "--resume"], "without --resume")):
+        with pytest.raises(ConfigError, match=said):
+            parse_args([*common, "--save_dir", "z", *bad])
+    with pytest.raises(SystemExit):  # out of its range: argparse's one-line error
+        parse_args([*common, "--save_dir", "z", "--min_motion", "2", "--track_frames", "8"])
+    ev = tmp_path / "tracked"
+    run_cli(["model_eval.py", *common, "--save_dir", str(ev), "--min_motion", "2", "--track_frames", "3"])
+    assert len(read_csv(ev / "results_test.csv")) == 8
+    assert json.loads((ev / "eval_settings.json").read_text())["track_frames"] == 3

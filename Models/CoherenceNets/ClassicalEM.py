@@ -34,7 +34,7 @@ class ClassicalEM(CoherenceCriterion, nn.Module):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         defaults = self.all_hparam_defaults()
-        unknown = sorted(k for k in kwargs if k not in defaults and k != "min_motion")
+        unknown = sorted(k for k in kwargs if k not in defaults and k not in ("min_motion", "track_frames"))
         if unknown:
             logger.debug("ClassicalEM ignores hyperparameters it does not use: %s", unknown)
         hp = {**defaults, **kwargs}

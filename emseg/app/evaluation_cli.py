@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a foreground region only if it moves unlike the background's fitted motion by "
                         "more than this many times the flow's noise (segment.py's default is 2); default 0: "
                         "the paper's plain binarisation, comparable with published numbers")
+    p.add_argument("--track_frames", type=H.flag_type(H.Bounded(int, low=1, high=7), "--track_frames"), default=1,
+                   help="with --min_motion: judge each foreground region over its track, kept only if the track "
+                        "lives in at least this many of the region's last 7 frames and its median score passes "
+                        "(causal: frames of a sequence in order, one device; segment.py's default is 3); default "
+                        "1: each frame alone")
     p.add_argument("--resume", action="store_true", help="skip frames whose outputs are already complete")
     p.add_argument("--overwrite", action="store_true",
                    help="a new evaluation into a --save_dir holding an earlier one removes that evaluation's files "
@@ -75,6 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ConfigError("--clip_length/--clip_stride: model_eval.py evaluates every frame once; a temporal "
                           "checkpoint's clips follow from its own clip length (each frame from the clip it is most "
                           "central in: evaluationmodule/clip_frames.py), so leave them out")
+    if args.track_frames > 1:
+        if not args.min_motion:
+            raise ConfigError("--track_frames judges the significance test over tracks: it needs --min_motion > 0")
+        if args.resume:
+            raise ConfigError("--track_frames judges each frame with its sequence's previous ones, which a resumed "
+                              "evaluation has not seen: run it whole, without --resume")
+        if args.gpus and (len(args.gpus) > 1 or str(args.gpus[0]) not in ("0", "1")) or \
+                str(args.devices) not in ("auto", "1"):
+            raise ConfigError("--track_frames needs a sequence's frames in order on one device: "
+                              "leave out --gpus/--devices > 1")
     check_img_size(args.img_size)
     check_cuda(args.accelerator)
     if args.model == "ClassicalEM":

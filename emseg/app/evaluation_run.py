@@ -83,11 +83,16 @@ MODELS = {"MethodeB": MethodeB, "ClassicalEM": ClassicalEM}
 
 def load_model(args: argparse.Namespace) -> pl.LightningModule | ClassicalEM:
     """ClassicalEM built from its flags (and --img_size), or MethodeB from ``--ckpt``; binarisation
-    from ``--binary_method_gen`` and ``--min_motion``."""
+    from ``--binary_method_gen``, ``--min_motion`` and ``--track_frames``."""
     check_min_motion(args.min_motion, "--min_motion")
     binarisation = {"binary_method": args.binary_method_gen} if args.binary_method_gen else {}
     if args.min_motion:
         binarisation["min_motion"] = args.min_motion
+    track_frames = int(getattr(args, "track_frames", 1) or 1)
+    if track_frames > 1:
+        if not args.min_motion:
+            raise ConfigError("--track_frames judges the significance test over tracks: it needs --min_motion > 0")
+        binarisation["track_frames"] = track_frames
     if args.model == "ClassicalEM":
         return ClassicalEM(**{**ClassicalEM.own_hparams(vars(args)), **binarisation})
     try:
@@ -107,9 +112,13 @@ def model_identity(args: argparse.Namespace, model: pl.LightningModule) -> dict[
         digest = hashlib.sha256(("ClassicalEM" + json.dumps(hp, sort_keys=True)).encode()).hexdigest()
     else:
         digest = file_sha256(args.ckpt)
-    return {"model": args.model, "model_sha256": digest, "img_size": [int(s) for s in model.hparams["img_size"]],
-            "binary_method": model.binary_method, "min_motion": float(getattr(args, "min_motion", 0.0)),
-            "flow_normalisation": args.flow_normalisation}
+    identity = {"model": args.model, "model_sha256": digest,
+                "img_size": [int(s) for s in model.hparams["img_size"]], "binary_method": model.binary_method,
+                "min_motion": float(getattr(args, "min_motion", 0.0)), "flow_normalisation": args.flow_normalisation}
+    track_frames = int(getattr(args, "track_frames", 1) or 1)
+    if track_frames > 1:  # absent for the default, so evaluations written before the flag still resume
+        identity["track_frames"] = track_frames
+    return identity
 
 
 def check_resume_identity(save_dir: str, identity: dict[str, Any]) -> None:
