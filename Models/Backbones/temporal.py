@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from Models.Backbones.FakeModel import FakeModel
-from Models.Backbones.unet import UNet
+from Models.Backbones.unet import DoubleConv, UNet
 from Models.LitBackbone import BatchPreparator
 
 #: --temporal_backbone choices (emseg/core/hparams.TEMPORAL_BACKBONES spells them for the parsers)
@@ -63,33 +63,9 @@ class ClipBatchPreparator(BatchPreparator):
 # ------------------------------------------------------------------------------------------------
 # The 3-D U-Net
 # ------------------------------------------------------------------------------------------------
-def _norm3d(kind: str, channels: int, train_bn: bool) -> nn.Module | None:
-    if kind == "InstanceNorm":
-        return nn.InstanceNorm3d(channels, track_running_stats=train_bn)
-    if kind == "BatchNorm":
-        return nn.BatchNorm3d(channels, track_running_stats=train_bn)
-    if kind in ("None", None):
-        return None
-    raise ValueError(f"inner_normalisation must be one of ['InstanceNorm', 'BatchNorm', 'None'], got {kind!r}")
-
-
-class DoubleConv3d(nn.Module):
-    """(Conv3d 3×3×3 → Norm → ReLU) × 2: (B, in, T, I, J) → (B, out, T, I, J)."""
-
-    def __init__(self, in_ch: int, out_ch: int, inner_normalisation: str = "InstanceNorm",
-                 padding_mode: str = "reflect", train_bn: bool = False) -> None:
-        super().__init__()
-        mods: list[nn.Module] = []
-        for c_in in (in_ch, out_ch):
-            mods.append(nn.Conv3d(c_in, out_ch, kernel_size=3, padding=1, padding_mode=padding_mode))
-            norm = _norm3d(inner_normalisation, out_ch, train_bn)
-            if norm is not None:
-                mods.append(norm)
-            mods.append(nn.ReLU(inplace=True))
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+def DoubleConv3d(in_ch: int, out_ch: int, **conv_kw: Any) -> DoubleConv:  # noqa: N802 (a module's name)
+    """(Conv3d 3×3×3 → Norm → ReLU) × 2: (B, in, T, I, J) → (B, out, T, I, J); the 2-D U-Net's block in 3-D."""
+    return DoubleConv(in_ch, out_ch, dims=3, **conv_kw)
 
 
 class Down3d(nn.Module):

@@ -17,26 +17,33 @@ from emseg.core import hparams as H
 NORMALISATIONS = ("InstanceNorm", "BatchNorm", "None")
 
 
-def _norm(kind: str, channels: int, train_bn: bool) -> nn.Module | None:
+_NORM_CLASSES = {2: (nn.InstanceNorm2d, nn.BatchNorm2d), 3: (nn.InstanceNorm3d, nn.BatchNorm3d)}
+
+
+def _norm(kind: str, channels: int, train_bn: bool, dims: int = 2) -> nn.Module | None:
+    """The inner normalisation of a ``dims``-D U-Net (2: images, 3: clips)."""
+    instance, batch = _NORM_CLASSES[dims]
     if kind == "InstanceNorm":
-        return nn.InstanceNorm2d(channels, track_running_stats=train_bn)
+        return instance(channels, track_running_stats=train_bn)
     if kind == "BatchNorm":
-        return nn.BatchNorm2d(channels, track_running_stats=train_bn)
+        return batch(channels, track_running_stats=train_bn)
     if kind in ("None", None):
         return None
     raise ValueError(f"inner_normalisation must be one of {list(NORMALISATIONS)}, got {kind!r}")
 
 
 class DoubleConv(nn.Module):
-    """(Conv3×3 → Norm → ReLU) × 2; without normalisation (Conv → ReLU) × 2."""
+    """(Conv3×3 → Norm → ReLU) × 2; without normalisation (Conv → ReLU) × 2. ``dims`` 3: Conv3d 3×3×3
+    and 3-D norms, (B, in, T, I, J) → (B, out, T, I, J) (the temporal 3-D U-Net's)."""
 
     def __init__(self, in_ch: int, out_ch: int, inner_normalisation: str = "InstanceNorm",
-                 padding_mode: str = "reflect", train_bn: bool = False) -> None:
+                 padding_mode: str = "reflect", train_bn: bool = False, dims: int = 2) -> None:
         super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
         mods: list[nn.Module] = []
         for c_in in (in_ch, out_ch):
-            mods.append(nn.Conv2d(c_in, out_ch, kernel_size=3, padding=1, padding_mode=padding_mode))
-            norm = _norm(inner_normalisation, out_ch, train_bn)
+            mods.append(conv(c_in, out_ch, kernel_size=3, padding=1, padding_mode=padding_mode))
+            norm = _norm(inner_normalisation, out_ch, train_bn, dims)
             if norm is not None:
                 mods.append(norm)
             mods.append(nn.ReLU(inplace=True))

@@ -640,6 +640,13 @@ def em_loss(pred: Tensor, flow: Tensor, param_model: str = "Quadratic", v_distan
     ``ParametricFlow`` (B, 2, I, J), detached.
     """
     theta_c, Xc, M = fit_theta(pred, flow, param_model, v_distance, theta_method, **solver_kw)  # checks shapes
+    return _criterion(pred, flow, theta_c, Xc, M, v_distance, entropy_weight, with_parametric_flow)
+
+
+def _criterion(pred: Tensor, flow: Tensor, theta_c: Tensor, Xc: Tensor, M: Tensor, v_distance: str,
+               entropy_weight: float, with_parametric_flow: bool) -> dict[str, Tensor]:
+    """The criterion's terms once θ' is fitted: pred (B, L, I, J) and flow (B, 2, I, J) (a clip's
+    voxels as rows of one image), the keys of :func:`em_loss`."""
     coherence = coherence_terms(pred, flow, Xc, theta_c, v_distance)
     ent = entropy(pred).to(coherence.dtype)
     out = {
@@ -984,19 +991,10 @@ def em_loss_clip(pred: Tensor, flow: Tensor, param_model: str = "QuadraticST1", 
     theta_c, Xc, M = fit_theta_clip(pred, flow, param_model, v_distance, theta_method, **solver_kw)  # checks
     B, L, T, I, J = pred.shape
     p = pred.reshape(B, L, T * I, J)  # the frame functions only use the product of the last two sizes
-    coherence = coherence_terms(p, flow.reshape(B, 2, T * I, J), Xc, theta_c, v_distance)
-    ent = entropy(p).to(coherence.dtype)
-    out = {
-        "losses": coherence - entropy_weight * ent,
-        "coherence_losses": coherence,
-        "entropies": ent,
-        "theta": theta_to_original(theta_c, M),
-        "theta_c": theta_c,
-        "Xc": Xc,
-        "M": M,
-    }
+    out = _criterion(p, flow.reshape(B, 2, T * I, J), theta_c, Xc, M, v_distance, entropy_weight,
+                     with_parametric_flow)
     if with_parametric_flow:
-        out["ParametricFlow"] = parametric_flow(p.detach(), Xc, theta_c).reshape(B, 2, T, I, J)
+        out["ParametricFlow"] = out["ParametricFlow"].reshape(B, 2, T, I, J)
     return out
 
 
