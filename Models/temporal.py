@@ -160,3 +160,29 @@ def per_frame(values: Tensor, at: Tensor | None) -> Tensor:
     if at is None:
         return values.reshape(-1, *values.shape[2:])
     return values[torch.arange(len(values), device=values.device), at.to(values.device).long()]
+
+
+#: the frame model's weights whose shape the 2-D temporal network changes: its first convolution and its head
+FIRST_CONV = "backbone_model.model.layers.0.net.0.weight"
+HEAD_KEYS = ("head_model.model.pred_conv.weight", "head_model.model.pred_conv.bias")
+
+
+def inflate_frame_weights(frame_state: dict[str, Tensor], clip_length: int) -> dict[str, Tensor]:
+    """A frame model's state dict → the ``stack2d`` temporal network's over clips of T = ``clip_length``:
+    the first convolution's weights (F, C, 3, 3) spread evenly over the T frames (F, C·T, 3, 3), channel
+    c·T + t = W[:, c] / T, and the head (L, F, 1, 1), (L,) repeated per frame (L·T, …), channel l·T + t =
+    W[l]; everything else as it is. The inflated network's masks of every frame are then the frame model's
+    on the clip's mean flow, a start that training moves from (``model_train.py --init_ckpt FRAME.ckpt
+    --clip_length T``)."""
+    T = int(clip_length)
+    if T < 2:
+        raise ValueError(f"expected clip_length >= 2 to inflate a frame model, got {clip_length}")
+    missing = [k for k in (FIRST_CONV, *HEAD_KEYS) if k not in frame_state]
+    if missing:
+        raise KeyError(f"not a frame U-Net's state dict: it has none of {missing}")
+    out = dict(frame_state)
+    w = frame_state[FIRST_CONV]
+    out[FIRST_CONV] = (w / T).repeat_interleave(T, dim=1)
+    for k in HEAD_KEYS:
+        out[k] = frame_state[k].repeat_interleave(T, dim=0)
+    return out

@@ -261,3 +261,25 @@ def test_the_command_line_refuses_a_space_time_model_the_clip_cannot_fit():
         else:
             raise AssertionError(f"accepted {argv}")
     assert training.parse_args(["--data_file", "x", "--clip_length", "3"]).st_param_model == "QuadraticST1"
+
+
+def test_a_frame_model_inflated_to_stack2d_segments_a_still_clip_as_the_frame_model():
+    """inflate_frame_weights: on a clip of T copies of one flow, every frame's masks are the frame model's."""
+    from Models.temporal import inflate_frame_weights
+
+    torch.manual_seed(0)
+    frame = MethodeB(**TINY).eval()
+    temporal = MethodeB(**TINY, clip_length=3).eval()
+    temporal.load_state_dict(inflate_frame_weights(frame.state_dict(), 3), strict=True)
+    flow = torch.randn(2, 2, 16, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = frame.prediction({"Flow": flow})["Pred"]
+        got = temporal.prediction({"Flow": flow[:, :, None].repeat(1, 1, 3, 1, 1)})["Pred"]
+    for t in range(3):
+        assert torch.allclose(got[:, :, t], ref, atol=1e-5)
+    try:
+        inflate_frame_weights({"x": flow}, 3)
+    except KeyError as err:
+        assert "frame U-Net" in str(err)
+    else:
+        raise AssertionError("a state dict without a U-Net was inflated")

@@ -150,7 +150,13 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         from Models.checkpoint_io import CheckpointError, read_checkpoint
 
         try:
-            state = read_checkpoint(args.init_ckpt, trust=args.trust_checkpoint)["state_dict"]
+            ckpt = read_checkpoint(args.init_ckpt, trust=args.trust_checkpoint)
+            state = ckpt["state_dict"]
+            frame_ckpt = int((ckpt.get("hyper_parameters") or {}).get("clip_length") or 1) == 1
+            if model.clip_length > 1 and frame_ckpt and model.backbone_model.kind == "stack2d":
+                from Models.temporal import inflate_frame_weights  # a frame model starts a temporal one
+
+                state = inflate_frame_weights(state, model.clip_length)
             model.load_state_dict(state, strict=True)
         except (CheckpointError, RuntimeError) as err:
             # torch's message spans lines (a header, then one per tensor); the CLI prints one line
