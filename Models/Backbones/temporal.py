@@ -22,11 +22,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from Models.Backbones.FakeModel import FakeModel
-from Models.Backbones.unet import DoubleConv, UNet
+from Models.Backbones.unet import UNet
 from Models.LitBackbone import BatchPreparator
 
 #: --temporal_backbone choices (emseg/core/hparams.TEMPORAL_BACKBONES spells them for the parsers)
@@ -58,84 +57,6 @@ class ClipBatchPreparator(BatchPreparator):
             B, C, T, I, J = x.shape
             x = x.reshape(B, C * T, I, J)
         return x
-
-
-# ------------------------------------------------------------------------------------------------
-# The 3-D U-Net
-# ------------------------------------------------------------------------------------------------
-def DoubleConv3d(in_ch: int, out_ch: int, **conv_kw: Any) -> DoubleConv:  # noqa: N802 (a module's name)
-    """(Conv3d 3×3×3 → Norm → ReLU) × 2: (B, in, T, I, J) → (B, out, T, I, J); the 2-D U-Net's block in 3-D."""
-    return DoubleConv(in_ch, out_ch, dims=3, **conv_kw)
-
-
-class Down3d(nn.Module):
-    """MaxPool3d over space only (1, 2, 2), then DoubleConv3d(f, 2f)."""
-
-    def __init__(self, in_ch: int, out_ch: int, **conv_kw: Any) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.MaxPool3d(kernel_size=(1, 2, 2), stride=(1, 2, 2)),
-                                 DoubleConv3d(in_ch, out_ch, **conv_kw))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-class Up3d(nn.Module):
-    """Upsample ×2 in space (transposed conv (1, 2, 2), or trilinear + 1×1×1 conv), pad to the skip,
-    concatenate, DoubleConv3d."""
-
-    def __init__(self, in_ch: int, out_ch: int, bilinear: bool = False, **conv_kw: Any) -> None:
-        super().__init__()
-        if bilinear:
-            self.upsample = nn.Sequential(
-                nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=True),
-                nn.Conv3d(in_ch, in_ch // 2, kernel_size=1),
-            )
-        else:
-            self.upsample = nn.ConvTranspose3d(in_ch, in_ch // 2, kernel_size=(1, 2, 2), stride=(1, 2, 2))
-        self.conv = DoubleConv3d(in_ch, out_ch, **conv_kw)
-
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = self.upsample(x)
-        dh = skip.shape[3] - x.shape[3]
-        dw = skip.shape[4] - x.shape[4]
-        if dh or dw:
-            x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
-        return self.conv(torch.cat([skip, x], dim=1))
-
-
-class UNet3D(nn.Module):
-    """3-D U-Net: (B, input_channels, T, I, J) → features (B, num_classes, T, I, J); any T ≥ 2 (≥ 1
-    with ``padding_mode='zeros'``), any I, J; ``num_layers`` levels, pooled in space only."""
-
-    def __init__(self, num_classes: int = 32, input_channels: int = 2, num_layers: int = 7,
-                 features_start: int = 64, bilinear: bool = False, inner_normalisation: str = "InstanceNorm",
-                 padding_mode: str = "reflect", train_bn: bool = False) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"unet.num_layers must be >= 1, got {num_layers}")
-        self.num_layers = num_layers
-        conv_kw = dict(inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn)
-        layers: list[nn.Module] = [DoubleConv3d(input_channels, features_start, **conv_kw)]
-        feats = features_start
-        for _ in range(num_layers - 1):
-            layers.append(Down3d(feats, feats * 2, **conv_kw))
-            feats *= 2
-        for _ in range(num_layers - 1):
-            layers.append(Up3d(feats, feats // 2, bilinear=bilinear, **conv_kw))
-            feats //= 2
-        layers.append(nn.Conv3d(feats, num_classes, kernel_size=1))
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = self.num_layers
-        xi = [self.layers[0](x)]
-        for layer in self.layers[1:n]:
-            xi.append(layer(xi[-1]))
-        y = xi.pop()
-        for layer in self.layers[n:-1]:
-            y = layer(y, xi.pop())
-        return self.layers[-1](y)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,7 +93,7 @@ class TemporalBackbone(nn.Module):
                 raise ValueError("--backbone fake has no 3-D form: use --temporal_backbone stack2d")
             self.model: nn.Module = FakeModel(features_backbone, input_channels=in_ch)
         elif backbone == "unet":
-            self.model = UNet(**kw) if stacked else UNet3D(**kw)
+            self.model = UNet(**kw, dims=2 if stacked else 3)
         else:
             raise ValueError(f"--backbone must be one of ['unet', 'fake'], got {backbone!r}")
 

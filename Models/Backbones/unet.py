@@ -54,35 +54,40 @@ class DoubleConv(nn.Module):
 
 
 class Down(nn.Module):
-    """MaxPool2d(2) then DoubleConv(f, 2f)."""
+    """MaxPool2d(2) then DoubleConv(f, 2f); ``dims`` 3: pooled in space only, (1, 2, 2)."""
 
-    def __init__(self, in_ch: int, out_ch: int, **conv_kw) -> None:
+    def __init__(self, in_ch: int, out_ch: int, dims: int = 2, **conv_kw) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=2), DoubleConv(in_ch, out_ch, **conv_kw))
+        pool = nn.MaxPool2d(kernel_size=2, stride=2) if dims == 2 else nn.MaxPool3d(kernel_size=(1, 2, 2),
+                                                                                      stride=(1, 2, 2))
+        self.net = nn.Sequential(pool, DoubleConv(in_ch, out_ch, dims=dims, **conv_kw))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
 
 class Up(nn.Module):
-    """Upsample ×2 (transposed conv, or bilinear + 1×1 conv), pad to the skip, concat, DoubleConv."""
+    """Upsample ×2 (transposed conv, or bilinear + 1×1 conv), pad to the skip, concat, DoubleConv;
+    ``dims`` 3: in space only (transposed conv (1, 2, 2), or trilinear + 1×1×1 conv)."""
 
-    def __init__(self, in_ch: int, out_ch: int, bilinear: bool = False, **conv_kw) -> None:
+    def __init__(self, in_ch: int, out_ch: int, bilinear: bool = False, dims: int = 2, **conv_kw) -> None:
         super().__init__()
+        scale = 2 if dims == 2 else (1, 2, 2)
         if bilinear:
             self.upsample = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-                nn.Conv2d(in_ch, in_ch // 2, kernel_size=1),
+                nn.Upsample(scale_factor=scale, mode="bilinear" if dims == 2 else "trilinear", align_corners=True),
+                (nn.Conv2d if dims == 2 else nn.Conv3d)(in_ch, in_ch // 2, kernel_size=1),
             )
         else:
-            self.upsample = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_ch, out_ch, **conv_kw)
+            self.upsample = (nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d)(in_ch, in_ch // 2,
+                                                                                      kernel_size=scale, stride=scale)
+        self.conv = DoubleConv(in_ch, out_ch, dims=dims, **conv_kw)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.upsample(x)
         # Odd sizes lose a row/column at pooling: zero-pad the upsampled map back to the skip's size.
-        dh = skip.shape[2] - x.shape[2]
-        dw = skip.shape[3] - x.shape[3]
+        dh = skip.shape[-2] - x.shape[-2]
+        dw = skip.shape[-1] - x.shape[-1]
         # A traced graph (ONNX / OpenVINO export) must keep the pad whatever the example's size, so
         # that it stays right for every size; a zero pad changes nothing.
         if dh or dw or torch.jit.is_tracing():
@@ -108,19 +113,24 @@ class UNetAbstract(nn.Module):
 class UNet(UNetAbstract):
     """U-Net: input (B, input_channels, I, J) → features (B, num_classes, I, J).
 
-    Any I, J work; ``num_layers`` levels (the input is pooled num_layers − 1 times).
+    Any I, J work; ``num_layers`` levels (the input is pooled num_layers − 1 times). ``dims`` 3: the
+    3-D U-Net of the temporal model, (B, input_channels, T, I, J) → (B, num_classes, T, I, J), Conv3d
+    3×3×3 and pooling in space only (any T ≥ 2, ≥ 1 with ``padding_mode='zeros'``).
     """
 
     def __init__(self, num_classes: int = 32, input_channels: int = 2, num_layers: int = 7,
                  features_start: int = 64, bilinear: bool = False, inner_normalisation: str = "InstanceNorm",
-                 padding_mode: str = "reflect", train_bn: bool = False) -> None:
+                 padding_mode: str = "reflect", train_bn: bool = False, dims: int = 2) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"unet.num_layers must be >= 1, got {num_layers}")
         if padding_mode not in ("reflect", "zeros", "replicate", "circular"):
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
         self.num_layers = num_layers
-        conv_kw = dict(inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn)
+        if dims not in (2, 3):
+            raise ValueError(f"a U-Net is 2-D or 3-D, got dims={dims!r}")
+        conv_kw = dict(inner_normalisation=inner_normalisation, padding_mode=padding_mode, train_bn=train_bn,
+                       dims=dims)
         layers: list[nn.Module] = [DoubleConv(input_channels, features_start, **conv_kw)]
         feats = features_start
         for _ in range(num_layers - 1):
@@ -129,7 +139,7 @@ class UNet(UNetAbstract):
         for _ in range(num_layers - 1):
             layers.append(Up(feats, feats // 2, bilinear=bilinear, **conv_kw))
             feats //= 2
-        layers.append(nn.Conv2d(feats, num_classes, kernel_size=1))
+        layers.append((nn.Conv2d if dims == 2 else nn.Conv3d)(feats, num_classes, kernel_size=1))
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:
