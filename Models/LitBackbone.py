@@ -46,15 +46,22 @@ class BatchPreparator:
 
     def prepare_batch(self, batch: dict) -> Tensor:
         """The inputs of ``batch`` checked and concatenated: (B, in_batch, I, J)."""
+        return self.gather(batch)
+
+    def gather(self, batch: dict) -> Tensor:
+        """The inputs of ``batch``, each checked by :meth:`check_input`, concatenated on channels (dim 1)."""
         parts = []
         for name in self.inputs:
             if name not in batch:
                 raise KeyError(f"the model's --inputs need {name!r} in the batch; it has {sorted(batch)}")
-            x = batch[name]
-            if x.dim() != 4 or x.shape[1] != self.TYPES[name]:
-                raise ValueError(f"expected {name} (B, {self.TYPES[name]}, I, J), got {tuple(x.shape)}")
-            parts.append(x)
+            self.check_input(name, batch[name])
+            parts.append(batch[name])
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def check_input(self, name: str, x: Tensor) -> None:
+        """ValueError unless input ``name`` is (B, its channels, I, J)."""
+        if x.dim() != 4 or x.shape[1] != self.TYPES[name]:
+            raise ValueError(f"expected {name} (B, {self.TYPES[name]}, I, J), got {tuple(x.shape)}")
 
 
 class Backbone(nn.Module):

@@ -20,8 +20,6 @@ from torch import Tensor, nn
 from emseg.core import hparams as H
 from Models.Backbones.unet import UNetAbstract
 from Models.checkpoint_io import CheckpointError, read_checkpoint
-from Models.LitBackbone import Backbone
-from Models.LitHead import MaskHead
 
 logger = logging.getLogger(__name__)
 
@@ -236,13 +234,9 @@ class LitSegmentationModel(SegmentationSteps, pl.LightningModule):
         if self.clip_length < 1:
             raise ValueError(f"--clip_length must be >= 1, got {self.clip_length}")
         if self.has_network:
-            if self.clip_length > 1:
-                from Models.Backbones.temporal import temporal_network
+            from Models.Backbones.temporal import network_from_hparams
 
-                self.backbone_model, self.head_model = temporal_network(hp)
-            else:
-                self.backbone_model = Backbone.from_hparams(hp)
-                self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
+            self.backbone_model, self.head_model = network_from_hparams(hp)
 
     @classmethod
     def all_hparam_defaults(cls) -> dict[str, Any]:

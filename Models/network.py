@@ -28,9 +28,8 @@ from torch import Tensor, nn
 
 from emseg.core import coherence_math as cm
 from emseg.core import hparams as H
+from Models.Backbones.temporal import network_from_hparams
 from Models.checkpoint_io import CheckpointError, read_checkpoint
-from Models.LitBackbone import Backbone
-from Models.LitHead import MaskHead
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +89,7 @@ class SegmentationNetwork(nn.Module):
         self.register_buffer("XoT", cm.make_basis(hp["param_model"], hp["img_size"]))
         #: T > 1: a temporal model, clips (B, 2, T, I, J) in, pred (B, L, T, I, J) out (docs/METHOD.md §5)
         self.clip_length = int(hp["clip_length"])
-        if self.clip_length > 1:
-            from Models.Backbones.temporal import temporal_network
-
-            self.backbone_model, self.head_model = temporal_network(hp)
-        else:
-            self.backbone_model = Backbone.from_hparams(hp)
-            self.head_model = MaskHead(int(hp["features_backbone"]), self.L)
+        self.backbone_model, self.head_model = network_from_hparams(hp)
 
     @property
     def device(self) -> torch.device:

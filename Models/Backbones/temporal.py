@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from Models.Backbones.FakeModel import FakeModel
 from Models.Backbones.unet import UNet
-from Models.LitBackbone import BatchPreparator
+from Models.LitBackbone import Backbone, BatchPreparator
+from Models.LitHead import MaskHead
 
 #: --temporal_backbone choices (emseg/core/hparams.TEMPORAL_BACKBONES spells them for the parsers)
 TEMPORAL_BACKBONES = ("stack2d", "unet3d")
@@ -41,18 +41,14 @@ class ClipBatchPreparator(BatchPreparator):
         self.T = int(clip_length)
         self.stacked = bool(stacked)
 
+    def check_input(self, name: str, x: Tensor) -> None:
+        C = self.TYPES[name]
+        if x.dim() != 5 or x.shape[1] != C or x.shape[2] != self.T:
+            raise ValueError(f"this model is temporal (--clip_length {self.T}): expected {name} "
+                             f"(B, {C}, {self.T}, I, J), a clip of {self.T} frames, got {tuple(x.shape)}")
+
     def prepare_batch(self, batch: dict) -> Tensor:
-        parts = []
-        for name in self.inputs:
-            if name not in batch:
-                raise KeyError(f"the model's --inputs need {name!r} in the batch; it has {sorted(batch)}")
-            x = batch[name]
-            C = self.TYPES[name]
-            if x.dim() != 5 or x.shape[1] != C or x.shape[2] != self.T:
-                raise ValueError(f"this model is temporal (--clip_length {self.T}): expected {name} "
-                                 f"(B, {C}, {self.T}, I, J), a clip of {self.T} frames, got {tuple(x.shape)}")
-            parts.append(x)
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        x = self.gather(batch)
         if self.stacked:
             B, C, T, I, J = x.shape
             x = x.reshape(B, C * T, I, J)
@@ -140,3 +136,12 @@ def temporal_network(hp: dict[str, Any]) -> tuple[TemporalBackbone, TemporalHead
                                 train_bn=bool(hp["train_bn"]))
     head = TemporalHead(int(hp["features_backbone"]), int(hp["nAffineMasks"]), T, stacked=kind == "stack2d")
     return backbone, head
+
+
+def network_from_hparams(hp: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
+    """(backbone, head) of the network a model's hyperparameters describe: :func:`temporal_network` when
+    ``clip_length`` > 1, else the frame U-Net (``Backbone.from_hparams``) and its mask head. MethodeB's
+    and the plain inference network's (``Models/network.py``), so that both have the same modules."""
+    if int(hp.get("clip_length") or 1) > 1:
+        return temporal_network(hp)
+    return Backbone.from_hparams(hp), MaskHead(int(hp["features_backbone"]), int(hp["nAffineMasks"]))
