@@ -61,6 +61,14 @@ def _check_flow(flow: Tensor) -> None:
         raise ValueError(f"expected a flow (2, I, J) or (B, 2, I, J), got {tuple(getattr(flow, 'shape', ()))}")
 
 
+def _check_together(flow: Tensor, others: tuple[Tensor, ...]) -> None:
+    """Flows normalised with ``flow`` must have its shape."""
+    for o in others:
+        if o.shape != flow.shape:
+            raise ValueError(f"flows normalised together must have one shape, got {tuple(flow.shape)} "
+                             f"and {tuple(o.shape)}")
+
+
 def _check_clip(flow: Tensor) -> None:
     if not isinstance(flow, Tensor) or flow.dim() != 4 or flow.shape[0] != 2:
         raise ValueError(f"expected a clip of flows (2, T, I, J), got {tuple(getattr(flow, 'shape', ()))}")
@@ -106,10 +114,7 @@ class TrNormaliseFlow:
         same shift and scale, so that they stay in ``flow``'s units. Returns the normalised
         ``flow``, or the tuple (flow, *others) when ``others`` are given."""
         _check_flow(flow)
-        for o in others:
-            if o.shape != flow.shape:
-                raise ValueError(f"flows normalised together must have one shape, got {tuple(flow.shape)} "
-                                 f"and {tuple(o.shape)}")
+        _check_together(flow, others)
         if self.mode == "none":
             return (flow, *others) if others else flow
         batched = flow.dim() == 4
@@ -124,10 +129,7 @@ class TrNormaliseFlow:
         for its T frames, so that their relative magnitudes are kept); ``others`` as in
         :meth:`normalise`. With T = 1 this is :meth:`normalise` of the frame."""
         _check_clip(flow)
-        for o in others:
-            if o.shape != flow.shape:
-                raise ValueError(f"flows normalised together must have one shape, got {tuple(flow.shape)} "
-                                 f"and {tuple(o.shape)}")
+        _check_together(flow, others)
         if self.mode == "none":
             return (flow, *others) if others else flow
         outs = self.normalise(_as_one_flow(flow), *(_as_one_flow(o) for o in others))
@@ -136,19 +138,19 @@ class TrNormaliseFlow:
         return tuple(o.reshape(flow.shape) for o in outs)
 
     def __call__(self, x: Any) -> Any:
-        if isinstance(x, dict) and LOSS_FLOW_KEY in x:  # the loss's flow stays in the network's units
-            out = dict(x)
-            out["Flow"], out[LOSS_FLOW_KEY] = self.normalise(x["Flow"], x[LOSS_FLOW_KEY])
-            return out
-        return _apply_on_flow(x, self.normalise)
+        return self._apply(x, self.normalise)
 
     def clip(self, x: Any) -> Any:
         """:meth:`__call__` for a clip item (``'Flow'`` (2, T, I, J)) or tensor: clip statistics."""
-        if isinstance(x, dict) and LOSS_FLOW_KEY in x:
+        return self._apply(x, self.normalise_clip)
+
+    @staticmethod
+    def _apply(x: Any, normalise) -> Any:
+        if isinstance(x, dict) and LOSS_FLOW_KEY in x:  # the loss's flow stays in the network's units
             out = dict(x)
-            out["Flow"], out[LOSS_FLOW_KEY] = self.normalise_clip(x["Flow"], x[LOSS_FLOW_KEY])
+            out["Flow"], out[LOSS_FLOW_KEY] = normalise(x["Flow"], x[LOSS_FLOW_KEY])
             return out
-        return _apply_on_flow(x, self.normalise_clip)
+        return _apply_on_flow(x, normalise)
 
     def __repr__(self) -> str:
         return f"TrNormaliseFlow({self.mode!r})"
