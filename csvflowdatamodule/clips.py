@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +55,7 @@ import torch
 from torch.utils.data import Dataset
 
 from csvflowdatamodule.dataset import CsvDataset, DataFileError
+from emseg.core.datasplit import frame_order_key, sequence_folder
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +88,8 @@ def clip_starts(n_frames: int, clip_length: int, clip_stride: int = 1, cover_tai
     return starts
 
 
-def sequence_of(path: str) -> str:
-    """The sequence of a CSV path: its folder (``'Flows/seq_003/00007.flo'`` → ``'Flows/seq_003'``;
-    ``''`` for a file at the base directory's root)."""
-    return posixpath.dirname(str(path).strip().replace("\\", "/"))
-
-
-def _natural_key(path: str) -> tuple:
-    name = posixpath.basename(str(path).strip().replace("\\", "/"))
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
-    return parts, name
+#: the sequence of a CSV path: its folder (``emseg.core.datasplit.sequence_folder``)
+sequence_of = sequence_folder
 
 
 class CsvClipDataset(Dataset):
@@ -181,7 +172,7 @@ class CsvClipDataset(Dataset):
             groups.setdefault(sequence_of(rel), []).append(pos)
         out: dict[str, list[int]] = {}
         for seq, positions in groups.items():
-            positions = sorted(positions, key=lambda p: _natural_key(self.frames.rows[p][col]))
+            positions = sorted(positions, key=lambda p: frame_order_key(self.frames.rows[p][col]))
             kept: list[int] = []
             seen: dict[str, int] = {}
             for p in positions:

@@ -9,8 +9,9 @@ serves each frame of a frame dataset (``csvflowdatamodule.dataset.CsvDataset``, 
   frames s … s + T − 1 with s = min(max(p − ⌊(T − 1)/2⌋, 0), N − T), so at a sequence's ends the window
   is shifted inward, never shortened; a sequence shorter than T (N < T) is padded to T by repeating its
   last frame. Every frame gets exactly one prediction: none lost, none duplicated.
-- **sequences and order** are ``csvflowdatamodule/clips.py``'s: a sequence is the folder of the row's
-  ``Flow`` path as written in the CSV, frames sorted by file name with numbers compared as numbers
+- **sequences and order** are ``csvflowdatamodule/clips.py``'s (``emseg.core.datasplit``'s
+  ``sequence_folder`` and ``frame_order_key``): a sequence is the folder of the row's ``Flow`` path as
+  written in the CSV, frames sorted by file name with numbers compared as numbers
   (``tests/test_temporal_model.py`` checks that both give the same clips).
 - **the item** is the frame's own (``Flow`` (2, I, J), ``Image``, ``GtMask`` (I, J), ``FlowPath`` …,
   ``Index`` its CSV row), plus ``ClipFlow`` (2, T, I, J) (``ClipImage``, ``ClipFlowRGB`` (3, T, I, J) when
@@ -28,28 +29,17 @@ frame on its clip.
 from __future__ import annotations
 
 import logging
-import posixpath
-import re
 from typing import Any
 
 import torch
 
+from emseg.core.datasplit import frame_order_key, sequence_folder
 from emseg.core.flow_io import DataFileError
 
 logger = logging.getLogger(__name__)
 
 #: the frame columns that get a clip (``Clip<name>``, (C, T, I, J)); ground truth stays the frame's
 CLIP_COLUMNS = ("Flow", "Image", "FlowRGB")
-
-
-def _sequence(path: str) -> str:
-    return posixpath.dirname(str(path).strip().replace("\\", "/"))
-
-
-def _natural_key(path: str) -> tuple:
-    name = posixpath.basename(str(path).strip().replace("\\", "/"))
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
-    return parts, name
 
 
 def clip_window(position: int, n_frames: int, clip_length: int) -> tuple[list[int], int]:
@@ -85,11 +75,11 @@ class FrameClipDataset(torch.utils.data.Dataset):
         for pos, row in enumerate(frames.rows):
             rel = str(row[key]).strip()
             # an empty cell is its own sequence of one frame: loading it reports the bad cell
-            groups.setdefault(_sequence(rel) if rel else f"<row {frames.indices[pos]}>", []).append(pos)
+            groups.setdefault(sequence_folder(rel) if rel else f"<row {frames.indices[pos]}>", []).append(pos)
         #: position → (the positions of its clip in the frame dataset, the frame's place in it)
         self.windows: list[tuple[tuple[int, ...], int]] = [((), 0)] * len(frames.rows)
         for positions in groups.values():
-            positions = sorted(positions, key=lambda p: _natural_key(frames.rows[p][key]))
+            positions = sorted(positions, key=lambda p: frame_order_key(frames.rows[p][key]))
             for k, pos in enumerate(positions):
                 window, at = clip_window(k, len(positions), self.T)
                 self.windows[pos] = (tuple(positions[w] for w in window), at)

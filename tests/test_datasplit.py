@@ -28,3 +28,13 @@ def test_bad_data_file_errors_name_the_path(tmp_path):
         split_csv(tmp_path / "Y", "test")
     with pytest.raises(FileNotFoundError, match="Z.csv"):
         split_csv(tmp_path / "Z.csv")
+
+
+def test_a_frames_sequence_is_its_flow_folder_and_frames_sort_by_their_numbers():
+    from emseg.core.datasplit import frame_order_key, sequence_folder
+
+    assert sequence_folder("Flows/seq_003/00007.flo") == "Flows/seq_003"
+    assert sequence_folder(" Flows\\seq_003\\00007.flo ") == "Flows/seq_003"
+    assert sequence_folder("00007.flo") == ""
+    names = ["s/f_10.flo", "s/f_2.flo", "s/f_1.flo", "s/g.flo"]
+    assert sorted(names, key=frame_order_key) == ["s/f_1.flo", "s/f_2.flo", "s/f_10.flo", "s/g.flo"]

@@ -7,13 +7,12 @@ it; the authors' name for it is ``evaluationmodule.BinarisationModule.Binarisati
 
 from __future__ import annotations
 
-from pathlib import PurePath
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from emseg.core import masks
+from emseg.core.datasplit import sequence_folder
 from emseg.core.masks import BINARY_METHODS
 from emseg.core.significance import check_min_motion, significant_foregrounds
 from emseg.core.tracks import DEFAULT_MEMORY, TrackGate
@@ -71,7 +70,7 @@ class Binariser:
                                        foregrounds=list(fg.cpu().numpy()), min_motion=self.min_motion)
         out = []
         for path, f, sig in zip(d["FlowPath"], flow.detach().float().cpu(), sigs):
-            sequence = str(PurePath(str(path)).parent)
+            sequence = sequence_folder(path)
             if sequence != self._sequence or self._gate is None:
                 self._gate = TrackGate(min_frames=self.track_frames, horizon=0, memory=2 * DEFAULT_MEMORY)
                 self._sequence, self._last_flow = sequence, None

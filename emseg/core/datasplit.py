@@ -10,9 +10,26 @@ the step, or one step's CSV (``NAME_val.csv``); training reads all three steps t
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from pathlib import Path
 
 STEPS: tuple[str, ...] = ("train", "val", "test")
+
+
+def sequence_folder(path: str | os.PathLike) -> str:
+    """The sequence of a frame, from its Flow path as written in the CSV: the path's folder
+    (``'Flows/seq_003/00007.flo'`` → ``'Flows/seq_003'``; ``''`` at the base directory's root). The clips of
+    the temporal model (training and evaluation) and the track rule of the binariser all group frames so."""
+    return posixpath.dirname(str(path).strip().replace("\\", "/"))
+
+
+def frame_order_key(path: str | os.PathLike) -> tuple:
+    """Sort key of a sequence's frames: the file name with its numbers compared as numbers
+    (``f_2`` before ``f_10``), then the name itself."""
+    name = posixpath.basename(str(path).strip().replace("\\", "/"))
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
+    return parts, name
 
 
 def split_pattern(data_file: str | os.PathLike) -> str:
