@@ -488,7 +488,7 @@ def parity(model: nn.Module, path: str | os.PathLike, name: str, flow: Tensor | 
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, I), torch.linspace(-1, 1, J), indexing="ij")
         inside = ((xx - 0.2) ** 2 + yy ** 2 < 0.25).float()
         flow = torch.stack([2.0 + 0.5 * xx + 3.0 * inside, -1.0 + 0.3 * yy - 2.0 * inside])[None]
-        T = int(model.hparams.get("clip_length", 1) or 1)
+        T = int(getattr(model, "clip_length", 1))
         if T > 1:  # a temporal model's clip: the disc moving a pixel a frame
             flow = torch.stack([torch.roll(flow, k, dims=-1) for k in range(T)], dim=2)
     ref = TorchBackend(model)(flow)

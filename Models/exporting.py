@@ -135,7 +135,7 @@ class PredictionGraph(nn.Module):
         self.n_masks = int(model.L)
         self.img_size = [int(s) for s in model.hparams["img_size"]]
         #: a temporal model's clip length T (> 1: flow (B, 2, T, I, J) → pred (B, L, T, I, J)), else 1
-        self.clip_length = int(model.hparams.get("clip_length", 1) or 1)
+        self.clip_length = int(getattr(model, "clip_length", 1))
         # the 2-D temporal network reads the clip's frames stacked on channels, as its batch preparator stacks them
         self.stacked = self.clip_length > 1 and getattr(model.backbone_model, "kind", "") == "stack2d"
 

@@ -7,7 +7,6 @@ it; the authors' name for it is ``evaluationmodule.BinarisationModule.Binarisati
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,7 +14,7 @@ from emseg.core import masks
 from emseg.core.datasplit import sequence_folder
 from emseg.core.masks import BINARY_METHODS
 from emseg.core.significance import check_min_motion, significant_foregrounds
-from emseg.core.tracks import DEFAULT_MEMORY, TrackGate
+from emseg.core.tracks import DEFAULT_MEMORY, TrackGate, kept_foreground
 
 __all__ = ["BINARY_METHODS", "Binariser"]
 
@@ -77,10 +76,7 @@ class Binariser:
             back = None if self._last_flow is None else -self._last_flow
             ((_, keep),) = self._gate.push(sig.regions, len(sig.kept) + 1, sig.scores(), back)
             self._last_flow = f
-            kept = np.zeros(len(sig.kept) + 1, dtype=bool)
-            for k, v in keep.items():
-                kept[k] = v
-            out.append(torch.from_numpy(kept[sig.regions] & (sig.regions > 0)))
+            out.append(torch.from_numpy(kept_foreground(sig.regions, keep)))
         return torch.stack(out).to(fg.device)
 
     @staticmethod

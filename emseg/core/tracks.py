@@ -55,6 +55,14 @@ DEFAULT_MEMORY = 3
 DEFAULT_THRESHOLD = 1.0
 
 
+def kept_foreground(regions: np.ndarray, keep: Mapping[int, bool]) -> np.ndarray:
+    """(I, J) bool: the pixels of the regions (labels (I, J), 0 = background) that ``keep`` keeps."""
+    kept = np.zeros(max(int(regions.max(initial=0)), max(keep, default=0)) + 1, dtype=bool)
+    for k, v in keep.items():
+        kept[k] = v
+    return kept[regions] & (regions > 0)
+
+
 def carry_labels(labels: np.ndarray, flow_to_prev: Tensor | np.ndarray) -> np.ndarray:
     """The previous frame's region labels (I, J) int brought onto the current frame by the flow from
     the current frame to the previous one (2, I, J): nearest sample; outside the frame → 0."""

@@ -281,7 +281,7 @@ def segment_video(model, video: str | os.PathLike, out: str | os.PathLike, opts:
     if opts is None:
         opts = SegmentOptions(**kw)
     opts.check()
-    clip_length = int(dict(getattr(model, "hparams", {}) or {}).get("clip_length", 1) or 1)
+    clip_length = int(getattr(model, "clip_length", 1))
     if opts.adapt_steps > 0 and clip_length > 1:
         raise ValueError(f"--adapt fine-tunes a frame model on the video's flows; this model is temporal "
                          f"(clip_length {clip_length}): run it without --adapt")

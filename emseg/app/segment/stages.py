@@ -19,7 +19,7 @@ from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.source import FramePair, StageTimes
 from emseg.app.segment.windows import FrameWindows
 from emseg.core.significance import significant_foregrounds, suppress
-from emseg.core.tracks import TrackGate
+from emseg.core.tracks import TrackGate, kept_foreground
 from emseg.video.flow_confidence import forward_backward_confidence, resize_flow
 from emseg.video.temporal import align_identities, carry, fuse
 
@@ -131,12 +131,9 @@ class SequenceStages:
         return [self._apply(s, sig, keep) for (s, sig), keep in decided]
 
     def _apply(self, step: Step, sig, keep: dict[int, bool]) -> Step:
-        kept = np.zeros(len(sig.kept) + 1, dtype=bool)
-        for k, v in keep.items():
-            kept[k] = v
-        fg = kept[sig.regions] & (sig.regions > 0)
+        fg = kept_foreground(sig.regions, keep)
         dropped = ~fg & (sig.regions > 0)
-        n_kept = int(kept.sum())
+        n_kept = sum(keep.values())
         self.kept_regions += n_kept
         self.dropped_regions += len(sig.kept) - n_kept
         step.meta["final"] = suppress(step.meta["final"], dropped, fg)

@@ -100,7 +100,7 @@ class ClipWindows:
 
 def frame_windows(model, predict: Callable[[Tensor], Tensor]) -> FrameWindows | ClipWindows:
     """The stream of ``model``'s predictions: :class:`ClipWindows` for a temporal model (its
-    ``hparams['clip_length']`` T > 1; ``predict`` then takes clips (n, 2, T, I, J)), else
+    ``clip_length`` T > 1; ``predict`` then takes clips (n, 2, T, I, J)), else
     :class:`FrameWindows`."""
-    T = int(dict(getattr(model, "hparams", {}) or {}).get("clip_length", 1) or 1)
+    T = int(getattr(model, "clip_length", 1))
     return ClipWindows(predict, T) if T > 1 else FrameWindows(predict)
