@@ -56,6 +56,7 @@ from torch.utils.data import Dataset
 
 from csvflowdatamodule.dataset import CsvDataset, DataFileError
 from emseg.core.datasplit import frame_order_key, sequence_folder
+from emseg.core.skips import SkipRecord
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,8 @@ class CsvClipDataset(Dataset):
         if not self.clips:
             logger.warning("%s gives no clip of %d frames (%d sequence(s))", self.data_path, self.clip_length,
                            len(self.sequences))
-        self.skipped: dict[int, tuple[int, str, str]] = {}
-        self._warned: set[str] = set()
+        self._skips = SkipRecord(logger)
+        self.skipped = self._skips.skipped  #: clip index → (clip index, path, reason), this process's
 
     # ----------------------------------------------------------------------------------------
     def _group(self) -> dict[str, list[int]]:
@@ -195,12 +196,8 @@ class CsvClipDataset(Dataset):
         if self.strict:
             raise DataFileError(path, f"{reason} (clip {clip.index}, rows {list(clip.rows)} of {self.data_path}; "
                                       "strict data mode)")
-        if path not in self._warned:
-            self._warned.add(path)
-            logger.warning("skipping clip %d (sequence %r, rows %s) of %s: %s: %s", clip.index, clip.sequence,
-                           list(clip.rows), self.data_path, path, reason)
-        self.skipped[clip.index] = (clip.index, path, reason)
-        return {"Skipped": (clip.index, path, reason)}
+        return self._skips.skip(clip.index, path, reason, "skipping clip %d (sequence %r, rows %s) of %s: %s: %s",
+                                clip.index, clip.sequence, list(clip.rows), self.data_path, path, reason)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         clip = self.clips[idx]
@@ -234,8 +231,7 @@ class CsvClipDataset(Dataset):
         path, reason), ...]}`` for this process: ``count``/``samples`` as :class:`CsvDataset`'s
         (clips skipped when loaded), ``left_out`` what gave no clip when the dataset was built
         (short sequences, with their folder and first row; empty or repeated ``Flow`` cells)."""
-        samples = [self.skipped[k] for k in sorted(self.skipped)]
-        return {"count": len(samples), "samples": samples, "left_out": list(self.left_out)}
+        return {**self._skips.report(), "left_out": list(self.left_out)}
 
     def __repr__(self) -> str:
         return (f"CsvClipDataset({self.data_path!r}, {len(self)} clips of {self.clip_length} frames "

@@ -45,6 +45,7 @@ from emseg.core.flow_io import (  # noqa: F401
     write_flow,
 )
 from emseg.core.masks import decode_mask
+from emseg.core.skips import SkipRecord
 
 logger = logging.getLogger(__name__)
 
@@ -287,8 +288,8 @@ class CsvDataset(Dataset):
         self.rows: list[dict[str, str]] = rows.to_dict("records")
         if not self.rows:
             logger.warning("DataSplit CSV %s has no rows", self.data_path)
-        self.skipped: dict[int, tuple[int, str, str]] = {}
-        self._warned: set[str] = set()
+        self._skips = SkipRecord(logger)
+        self.skipped = self._skips.skipped  #: index → (index, path, reason), this process's
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -296,11 +297,8 @@ class CsvDataset(Dataset):
     def _skip(self, index: int, path: str, reason: str) -> dict[str, Any]:
         if self.strict:
             raise DataFileError(path, f"{reason} (row {index} of {self.data_path}; strict data mode)")
-        if path not in self._warned:
-            self._warned.add(path)
-            logger.warning("skipping sample %d of %s: %s: %s", index, self.data_path, path, reason)
-        self.skipped[index] = (index, path, reason)
-        return {"Skipped": (index, path, reason)}
+        return self._skips.skip(index, path, reason, "skipping sample %d of %s: %s: %s", index, self.data_path,
+                                path, reason)
 
     def load_row(self, idx: int) -> dict[str, Any]:
         """The untransformed item of position ``idx`` (``{'Flow': (2, H, W), ..., 'FlowPath': str,
@@ -334,8 +332,7 @@ class CsvDataset(Dataset):
 
     def skipped_report(self) -> dict[str, Any]:
         """``{'count': n, 'samples': [(index, path, reason), ...]}`` for this process."""
-        samples = [self.skipped[k] for k in sorted(self.skipped)]
-        return {"count": len(samples), "samples": samples}
+        return self._skips.report()
 
     def __repr__(self) -> str:
         return (f"CsvDataset({self.data_path!r}, {len(self)} samples, columns={self.columns}, "

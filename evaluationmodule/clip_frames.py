@@ -35,6 +35,7 @@ import torch
 
 from emseg.core.datasplit import frame_order_key, sequence_folder
 from emseg.core.flow_io import DataFileError
+from emseg.core.skips import SkipRecord
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class FrameClipDataset(torch.utils.data.Dataset):
         self.indices = frames.indices
         self.data_path = frames.data_path
         self.transform = getattr(frames, "transform", None)
-        self.skipped: dict[int, tuple[int, str, str]] = {}
-        self._warned: set[str] = set()
+        self._skips = SkipRecord(logger)
+        self.skipped = self._skips.skipped  #: row → (row, path, reason), this process's
         key = "Flow" if "Flow" in frames.columns else frames.columns[0]
         groups: dict[str, list[int]] = {}
         for pos, row in enumerate(frames.rows):
@@ -92,11 +93,8 @@ class FrameClipDataset(torch.utils.data.Dataset):
         index = self.indices[idx]
         if getattr(self.frames, "strict", False):
             raise DataFileError(path, f"{reason} (in the clip of row {index} of {self.data_path}; strict data mode)")
-        if path not in self._warned:
-            self._warned.add(path)
-            logger.warning("skipping frame %d of %s: its clip's %s: %s", index, self.data_path, path, reason)
-        self.skipped[index] = (index, path, reason)
-        return {"Skipped": (index, path, reason)}
+        return self._skips.skip(index, path, reason, "skipping frame %d of %s: its clip's %s: %s", index,
+                                self.data_path, path, reason)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         window, at = self.windows[idx]
@@ -133,8 +131,7 @@ class FrameClipDataset(torch.utils.data.Dataset):
 
     def skipped_report(self) -> dict[str, Any]:
         """``{'count': n, 'samples': [(row, path, reason), ...]}`` for this process."""
-        samples = [self.skipped[k] for k in sorted(self.skipped)]
-        return {"count": len(samples), "samples": samples}
+        return self._skips.report()
 
     def __repr__(self) -> str:
         return (f"FrameClipDataset({self.data_path!r}, {len(self)} frames from {self.sequences} sequence(s), "
