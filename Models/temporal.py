@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from emseg.core import coherence_math as cm
+from emseg.core.hparams import INFLATIONS
 
 #: the keys of a clip batch that are (B, C, T, I, J) tensors (``csvflowdatamodule/clips.py``'s items)
 CLIP_VOLUMES = ("Flow", "Image", "FlowRGB", "LossFlow")
@@ -167,22 +168,36 @@ FIRST_CONV = "backbone_model.model.layers.0.net.0.weight"
 HEAD_KEYS = ("head_model.model.pred_conv.weight", "head_model.model.pred_conv.bias")
 
 
-def inflate_frame_weights(frame_state: dict[str, Tensor], clip_length: int) -> dict[str, Tensor]:
-    """A frame model's state dict → the ``stack2d`` temporal network's over clips of T = ``clip_length``:
-    the first convolution's weights (F, C, 3, 3) spread evenly over the T frames (F, C·T, 3, 3), channel
-    c·T + t = W[:, c] / T, and the head (L, F, 1, 1), (L,) repeated per frame (L·T, …), channel l·T + t =
-    W[l]; everything else as it is. The inflated network's masks of every frame are then the frame model's
-    on the clip's mean flow, a start that training moves from (``model_train.py --init_ckpt FRAME.ckpt
-    --clip_length T``)."""
+def inflate_frame_weights(frame_state: dict[str, Tensor], clip_length: int, mode: str = "mean") -> dict[str, Tensor]:
+    """A frame model's state dict → the ``stack2d`` temporal network's over clips of T = ``clip_length``.
+
+    The head (L, F, 1, 1), (L,) is repeated per frame (L·T, …), channel l·T + t = W[l], and the first
+    convolution's weights (F, C, 3, 3) become (F, C·T, 3, 3), channel c·T + t:
+
+    - ``'mean'``: W[:, c] / T for every t, so every frame's masks are the frame model's on the clip's
+      mean flow;
+    - ``'centre'``: W[:, c] for the central frame t = ⌊(T − 1)/2⌋, 0 for the others, so every frame's masks
+      are the frame model's on the central flow: exact for the frame that ``segment.py`` and
+      ``model_eval.py`` take from the window it is central in (``emseg/app/segment/windows.py``).
+
+    Everything else is kept as it is. Training moves from this start (``model_train.py --init_ckpt
+    FRAME.ckpt --clip_length T --inflate MODE``)."""
     T = int(clip_length)
     if T < 2:
         raise ValueError(f"expected clip_length >= 2 to inflate a frame model, got {clip_length}")
+    if mode not in INFLATIONS:
+        raise ValueError(f"inflation must be one of {INFLATIONS}, got {mode!r}")
     missing = [k for k in (FIRST_CONV, *HEAD_KEYS) if k not in frame_state]
     if missing:
         raise KeyError(f"not a frame U-Net's state dict: it has none of {missing}")
     out = dict(frame_state)
     w = frame_state[FIRST_CONV]
-    out[FIRST_CONV] = (w / T).repeat_interleave(T, dim=1)
+    if mode == "mean":
+        out[FIRST_CONV] = (w / T).repeat_interleave(T, dim=1)
+    else:
+        spread = torch.zeros(w.shape[0], w.shape[1], T, *w.shape[2:], dtype=w.dtype)
+        spread[:, :, (T - 1) // 2] = w
+        out[FIRST_CONV] = spread.reshape(w.shape[0], w.shape[1] * T, *w.shape[2:])
     for k in HEAD_KEYS:
         out[k] = frame_state[k].repeat_interleave(T, dim=0)
     return out

@@ -3,6 +3,7 @@ steps, its checkpoints and its per-frame evaluation (``evaluationmodule/clip_fra
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from emseg.core import coherence_math as cm
@@ -232,6 +233,32 @@ def test_train_and_evaluate_a_temporal_model_per_frame(tmp_path):
         assert all((stem.parent / (stem.name + suffix)).exists() for suffix in ("_proba.npy", "_binary.png"))
 
 
+@pytest.mark.parametrize("mode", ["mean", "centre"])
+def test_model_train_inflates_a_frame_checkpoint_as_told(tmp_path, mode):
+    """--init_ckpt FRAME.ckpt --clip_length 3 [--inflate MODE]: the run starts from inflate_frame_weights(MODE)
+    (a frozen run, --optim.lr 0, keeps exactly that start)."""
+    from csvflowdatamodule.synthetic import make_synthetic_split
+    from emseg.app import training
+    from Models.temporal import inflate_frame_weights
+
+    prefix = make_synthetic_split(str(tmp_path / "data"), "i", n_train=6, n_val=3, n_test=1, img_size=(16, 24),
+                                  seed=4, frames_per_sequence=3, motion="smooth")
+    torch.manual_seed(0)
+    frame = MethodeB(**TINY)
+    src = tmp_path / "frame.ckpt"
+    torch.save({"state_dict": frame.state_dict(), "hyper_parameters": dict(frame.hparams)}, src)
+    run = tmp_path / "run"
+    argv = ["--path_save_model", str(run), "--base_dir", str(tmp_path / "data"), "--data_file", prefix,
+            "--img_size", "16", "24", "--unet.num_layers", "2", "--unet.features_start", "4",
+            "--features_backbone", "8", "--batch_size", "2", "--num_workers", "0", "--accelerator", "cpu",
+            "--logger", "none", "--clip_length", "3", "--init_ckpt", str(src), "--optim.lr", "0",
+            "--max_steps", "1", "--limit_val_batches", "1"]
+    training.run_training(training.parse_args(argv + (["--inflate", mode] if mode != "mean" else [])))
+    got = MethodeB.load_from_checkpoint(run / "last.ckpt").state_dict()
+    want = inflate_frame_weights(frame.state_dict(), 3, mode)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_a_bad_file_skips_the_frames_whose_clip_holds_it(tmp_path):
     from csvflowdatamodule.dataset import CsvDataset
     from csvflowdatamodule.synthetic import make_synthetic_split
@@ -283,3 +310,32 @@ def test_a_frame_model_inflated_to_stack2d_segments_a_still_clip_as_the_frame_mo
         assert "frame U-Net" in str(err)
     else:
         raise AssertionError("a state dict without a U-Net was inflated")
+
+
+@pytest.mark.parametrize("T", [3, 4])
+def test_a_frame_model_inflated_on_the_centre_segments_any_clip_as_the_frame_model_its_central_flow(T):
+    """--inflate centre: on a clip of T different flows, every frame's masks are the frame model's on the
+    central flow ⌊(T − 1)/2⌋ (the one segment.py and model_eval.py take from that window), the others unread."""
+    from Models.temporal import inflate_frame_weights
+
+    torch.manual_seed(0)
+    frame = MethodeB(**TINY).eval()
+    temporal = MethodeB(**TINY, clip_length=T).eval()
+    temporal.load_state_dict(inflate_frame_weights(frame.state_dict(), T, "centre"), strict=True)
+    clip = torch.randn(2, 2, T, 16, 24, generator=torch.Generator().manual_seed(2))
+    centre = (T - 1) // 2
+    with torch.no_grad():
+        ref = frame.prediction({"Flow": clip[:, :, centre]})["Pred"]
+        got = temporal.prediction({"Flow": clip})["Pred"]
+        other = clip.clone()
+        other[:, :, [t for t in range(T) if t != centre]] = 5.0  # the other frames do not matter
+        again = temporal.prediction({"Flow": other})["Pred"]
+        mean = MethodeB(**TINY, clip_length=T).eval()
+        mean.load_state_dict(inflate_frame_weights(frame.state_dict(), T), strict=True)
+        averaged = mean.prediction({"Flow": clip})["Pred"]
+    for t in range(T):
+        assert torch.allclose(got[:, :, t], ref, atol=1e-5)
+    assert torch.allclose(again, got, atol=1e-5)
+    assert not torch.allclose(averaged[:, :, centre], ref, atol=1e-3)  # the mean inflation reads every frame
+    with pytest.raises(ValueError, match="inflation must be one of"):
+        inflate_frame_weights(frame.state_dict(), T, "first")

@@ -156,7 +156,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
             if model.clip_length > 1 and frame_ckpt and model.backbone_model.kind == "stack2d":
                 from Models.temporal import inflate_frame_weights  # a frame model starts a temporal one
 
-                state = inflate_frame_weights(state, model.clip_length)
+                state = inflate_frame_weights(state, model.clip_length, args.inflate)
             model.load_state_dict(state, strict=True)
         except (CheckpointError, RuntimeError) as err:
             # torch's message spans lines (a header, then one per tensor); the CLI prints one line

@@ -56,6 +56,8 @@ INFERENCE_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 INFERENCE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: the temporal networks (``--clip_length`` > 1): Models/Backbones/temporal.TEMPORAL_BACKBONES
 TEMPORAL_BACKBONES: tuple[str, ...] = ("stack2d", "unet3d")
+#: how --init_ckpt's frame model starts a stack2d temporal one (Models/temporal.inflate_frame_weights)
+INFLATIONS: tuple[str, ...] = ("mean", "centre")
 
 
 def int_or_float(v: str) -> int | float:
@@ -310,6 +312,10 @@ class RunHparams:
                                "architecture flags must match); unlike --ckpt_path, which resumes a run",
                                default_help="fresh weights")
     trust_checkpoint: bool = hp(False, "allow --init_ckpt to need arbitrary unpickling (the authors' legacy files)")
+    inflate: str = hp("mean", "(--init_ckpt a frame model, --clip_length > 1, stack2d) how its first convolution is "
+                      "spread over the clip's frames: mean (each frame's weights / T: masks of the clip's mean "
+                      "flow) or centre (all on the central frame: the frame model's masks of the central frame)",
+                      choices=INFLATIONS)
 
 
 # ------------------------------------------------------------------------------------------------
