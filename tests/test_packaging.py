@@ -60,7 +60,8 @@ def test_wheel_holds_the_code_the_scripts_and_the_version(wheel):
     for mod in MODULES:
         assert mod in names, mod
     for path in ("Models/Backbones/unet.py", "csvflowdatamodule/CsvDataset.py", "evaluationmodule/Evaluation.py",
-                 "emseg/core/coherence_math.py", "utils/Callbacks.py", "checkpoints/em_small.ckpt"):
+                 "emseg/core/coherence_math.py", "utils/Callbacks.py", "checkpoints/em_small.ckpt",
+                 "checkpoints/em_temporal.ckpt"):
         assert path in names, path
     assert not [n for n in names if n.startswith(("tests/", "bench/")) or "__pycache__" in n]
     section = entry_points.split("[console_scripts]")[1]
