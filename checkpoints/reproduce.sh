@@ -108,3 +108,29 @@ for n in nonoise augmed zoommed; do
 done
 python -m evaluationmodule.video_benchmark compare "$D/vb/v1_dev" "$D/vb/v2_dev" "$D/vb/nonoise_dev" "$D/vb/augmed_dev" \
     "$D/vb/zoommed_dev" --frames zoom_rotate:30 one_lowtex:24 pan_empty:20
+
+# 9. the temporal model (model card, "The temporal model"; shipped beside, not the default):
+# clips of 3 flows, the frame model's weights inflated into the stacked-flow network (--init_ckpt),
+# on smooth-motion synthetic sequences plus stage 2's real-video flows, one CPU core
+python -m csvflowdatamodule.synthetic --out "$D/smooth" --name smooth --n_train 2000 --n_val 200 --n_test 200 \
+    --img_size 128 224 --seed 7 --motion smooth
+python -m csvflowdatamodule.merge_splits --out "$D/mixed_st/mixed" --steps train \
+    --split "$D/smooth" "$D/smooth/smooth" --split "$D/v320_bikes" "$D/v320_bikes/flow" \
+    --split "$D/v320_bigbuckbunny" "$D/v320_bigbuckbunny/flow" \
+    --split "$D/v320_carphone_pristine" "$D/v320_carphone_pristine/flow"
+python -m csvflowdatamodule.merge_splits --out "$D/mixed_st/mixed" --steps val test --split "$D/smooth" "$D/smooth/smooth"
+OMP_NUM_THREADS=1 python model_train.py --path_save_model "$D/temporal" --init_ckpt checkpoints/em_small.ckpt \
+    --clip_length 3 --unet.num_layers 5 --unet.features_start 16 --features_backbone 32 \
+    --flow_augmentation globalmotionfullquadlight --batch_size 8 --num_workers 1 --seed 0 \
+    --optim.lr 1e-4 --optim.schedule cosine --max_steps 2400 --max_epochs 100 --flow_width 320 \
+    --base_dir / --data_file "$D/mixed_st/mixed" --limit_val_batches 5
+python -m Models.convert_checkpoint "$D/temporal/last.ckpt" checkpoints/em_temporal.ckpt --inference_only --overwrite
+for m in em_small em_temporal; do
+    python model_eval.py --ckpt checkpoints/$m.ckpt --save_dir "$D/eval_$m" --base_dir "$D/synthetic" \
+        --data_file "$D/synthetic/synthetic" --steps test
+    for split in dev test; do
+        python -m evaluationmodule.video_benchmark score --bench "$D/videobench" --split $split --out "$D/vb/${m}_$split" \
+            --label $m -- --ckpt checkpoints/$m.ckpt
+    done
+done
+python segment.py --flow images/00000.flo --out "$D/blackswan_temporal" --ckpt checkpoints/em_temporal.ckpt
