@@ -64,6 +64,38 @@ def make_flow(batch: int, img_size: Sequence[int], seed: int) -> torch.Tensor:
     return synthetic_flows(batch, img_size, seed)[0]
 
 
+def time_calls(fn, n: int, device: torch.device) -> list[float]:
+    """Seconds of ``n`` calls of ``fn()``, each between two device synchronisations (CUDA's kernels are
+    asynchronous)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(n):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timed_steps(step, device: torch.device, warmup: int, steps: int) -> list[float]:
+    """``warmup`` untimed then ``steps`` timed training steps (``step()``); CUDA's peak memory counts from here."""
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        step()
+    return time_calls(step, steps, device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak RSS (Linux ``ru_maxrss``: KiB) and, on CUDA, the peak allocated memory, in MiB."""
+    out = {"peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["cuda_peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
 def run_worker(cfg: dict) -> dict:
     """Time ``cfg['steps']`` training steps after ``cfg['warmup']``; return times and peak memory."""
     from emseg.core import coherence_math as cm
@@ -81,7 +113,6 @@ def run_worker(cfg: dict) -> dict:
     opt = model.configure_optimizers()
     flow = make_flow(cfg["batch"], cfg["img_size"], seed=0).to(device)
     trivial = MODES[cfg["mode"]] is None
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     # What Lightning's --precision bf16-mixed does: forward and loss under autocast (the θ fit turns
     # it off inside), backward and the optimiser step outside it.
     bf16 = cfg.get("precision", "32-true") == "bf16-mixed"
@@ -97,34 +128,15 @@ def run_worker(cfg: dict) -> dict:
         loss.backward()
         opt.step()
 
-    warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    for _ in range(cfg["steps"]):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    times = timed_steps(step, device, cfg["warmup"], cfg["steps"])
     out = {"step_times_s": times, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
     if not trivial:  # the M-step alone, on the current predictions
         with torch.no_grad():
             pred = model(flow)
-        fit_times = []
-        for _ in range(max(3, cfg["steps"])):
-            sync()
-            t0 = time.perf_counter()
-            cm.fit_theta(pred, flow, cfg["param_model"], cfg["v_distance"], MODES[cfg["mode"]])
-            sync()
-            fit_times.append(time.perf_counter() - t0)
-        out["theta_times_s"] = fit_times
-    out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    if device.type == "cuda":
-        out["cuda_peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+        out["theta_times_s"] = time_calls(
+            lambda: cm.fit_theta(pred, flow, cfg["param_model"], cfg["v_distance"], MODES[cfg["mode"]]),
+            max(3, cfg["steps"]), device)
+    return {**out, **peak_memory(device)}
 
 
 def clip_data(n_frames: int, T: int, img_size: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +177,6 @@ def run_temporal_worker(cfg: dict) -> dict:
     model.train()
     opt = model.configure_optimizers()
     flow = (frames if cfg["mode"] == "frame" else clips).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     bf16 = cfg.get("precision", "32-true") == "bf16-mixed"
 
     def step() -> None:
@@ -175,23 +186,9 @@ def run_temporal_worker(cfg: dict) -> dict:
         loss.backward()
         opt.step()
 
-    warnings.filterwarnings("ignore", message=".*self.log.*")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    for _ in range(cfg["steps"]):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    out = {"step_times_s": times, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-           "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        out["cuda_peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    times = timed_steps(step, device, cfg["warmup"], cfg["steps"])
+    return {"step_times_s": times, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            **peak_memory(device)}
 
 
 def temporal_rows(a: argparse.Namespace, net: str, batch: int, steps: int) -> list[dict]:
