@@ -119,24 +119,28 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
     batch: list[_Gapped] = []
 
     windows = frame_windows(model, predict)
-    waiting: deque = deque()  # (file, network input, its confidence) until their prediction comes
+    waiting: deque = deque()  # (file, its flow, network input, its confidence) until their prediction comes
+
+    def as_flow(a: np.ndarray) -> torch.Tensor:
+        """(H, W, 2) → (1, 2, H, W) float32."""
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
 
     def run(items: list[_Gapped]) -> None:
-        flows_in, confs_in = [], []
+        flows_in, confs_in, owns = [], [], []
         for g in items:
-            full_t = torch.from_numpy(np.ascontiguousarray(g.full)).permute(2, 0, 1)[None].float()
+            own = full_t = as_flow(g.full)
             conf = None
-            if len(g.run) > 1:  # the flow over k = len(g.run) frames (emseg/video/compose.py)
-                full_t, chain = compose_flows([torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None]
-                                               .float() for f in g.run])
+            if len(g.run) > 1:  # the flow over k = len(g.run) frames (emseg/video/compose.py); run[0] is g.full
+                full_t, chain = compose_flows([own, *(as_flow(f) for f in g.run[1:])])
                 # the test trusts only complete chains: where one left the frame, its extrapolation
                 # (k/j × j flows, their noise with them) feeds the network but not the test
                 conf = F.interpolate((chain == len(g.run)).float()[None], size=img_size, mode="bilinear",
                                      align_corners=False)[0, 0]
             flows_in.append(F.interpolate(full_t, size=img_size, mode="bilinear", align_corners=False))
             confs_in.append(conf)
+            owns.append(own)
         flows_in = torch.cat(flows_in)
-        waiting.extend(zip(items, flows_in, confs_in))
+        waiting.extend(zip(items, owns, flows_in, confs_in))
         preds, start = [], 0
         for i, g in enumerate(items):
             if g.after_break:  # a temporal model's clips never span a break
@@ -149,9 +153,9 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
         nonlocal prev_in, t
         steps = []
         for pr in preds:
-            g, f_in, conf = waiting.popleft()
+            g, own, f_in, conf = waiting.popleft()
             H, W = g.full.shape[:2]
-            fwd = resize_flow(torch.from_numpy(g.full).permute(2, 0, 1)[None].float(), img_size, rescale=True)[0]
+            fwd = resize_flow(own, img_size, rescale=True)[0]
             if g.after_break:
                 prev_in = None  # the sequence is broken between this file and the previous readable one
             # Without the backward flow, the flow back to the previous frame is taken as minus its
