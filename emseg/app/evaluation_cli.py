@@ -16,6 +16,7 @@ from emseg.app.run_checks import (
     check_cuda,
     check_img_size,
     check_positive,
+    check_track_frames,
     warn_single_mask,
 )
 from emseg.app.trainer_args import add_classical_em_args, add_data_args, add_trainer_args
@@ -80,9 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ConfigError("--clip_length/--clip_stride: model_eval.py evaluates every frame once; a temporal "
                           "checkpoint's clips follow from its own clip length (each frame from the clip it is most "
                           "central in: evaluationmodule/clip_frames.py), so leave them out")
+    check_track_frames(args.track_frames, args.min_motion)
     if args.track_frames > 1:
-        if not args.min_motion:
-            raise ConfigError("--track_frames judges the significance test over tracks: it needs --min_motion > 0")
         if args.resume:
             raise ConfigError("--track_frames judges each frame with its sequence's previous ones, which a resumed "
                               "evaluation has not seen: run it whole, without --resume")

@@ -56,6 +56,7 @@ from emseg.app.results import (
 from emseg.app.run_checks import (
     ConfigError,
     check_img_size,
+    check_track_frames,
     check_writable_dir,
     warn_single_mask,
 )
@@ -89,9 +90,8 @@ def load_model(args: argparse.Namespace) -> pl.LightningModule | ClassicalEM:
     if args.min_motion:
         binarisation["min_motion"] = args.min_motion
     track_frames = int(getattr(args, "track_frames", 1) or 1)
+    check_track_frames(track_frames, args.min_motion)
     if track_frames > 1:
-        if not args.min_motion:
-            raise ConfigError("--track_frames judges the significance test over tracks: it needs --min_motion > 0")
         binarisation["track_frames"] = track_frames
     if args.model == "ClassicalEM":
         return ClassicalEM(**{**ClassicalEM.own_hparams(vars(args)), **binarisation})

@@ -93,6 +93,12 @@ def check_writable_dir(path: str, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
 
 
+def check_track_frames(track_frames: int, min_motion: float) -> None:
+    """``--track_frames N`` > 1 judges the significance test over tracks, so it needs ``--min_motion`` > 0."""
+    if track_frames > 1 and not min_motion:
+        raise ConfigError("--track_frames judges the significance test over tracks: it needs --min_motion > 0")
+
+
 def check_cuda(accelerator: str | None) -> None:
     if str(accelerator).lower() not in ("gpu", "cuda"):
         return  # no need to import torch (2 s) to accept the CPU
