@@ -169,3 +169,31 @@ def test_refine_and_gap_are_segment_flags():
     assert (opts.gap, opts.refine) == (1, False)
     with pytest.raises(SystemExit):
         segment.build_parser().parse_args(["--video", "x.mp4", "--out", "o", "--gap", "0"])
+
+
+#: each quality flag of segment.py with a value other than its default, and the option it must set
+QUALITY_FLAGS = {
+    "no_temporal": (["--no_temporal"], "temporal", False),
+    "gap": (["--gap", "2"], "gap", 2),
+    "no_refine": (["--no_refine"], "refine", False),
+    "fusion_weight": (["--fusion_weight", "1.5"], "fusion_weight", 1.5),
+    "min_motion": (["--min_motion", "3"], "min_motion", 3.0),
+    "track_frames": (["--track_frames", "1"], "track_frames", 1),
+    "adapt": (["--adapt", "5"], "adapt_steps", 5),
+    "adapt_lr": (["--adapt_lr", "0.01"], "adapt_lr", 0.01),
+    "save_adapted": (["--save_adapted", "a.ckpt"], "save_adapted", "a.ckpt"),
+}
+
+
+def test_every_quality_flag_reaches_the_pipeline_options():
+    """A flag parsed but not passed on is silently ignored (``--track_frames`` once was)."""
+    import segment
+    from emseg.core import hparams as H
+
+    assert set(QUALITY_FLAGS) == set(H.spec_map(H.SegmentQualityHparams))  # a new flag needs a case here
+    parser = segment.build_parser()
+    base = segment.options_of(parser.parse_args(["--video", "x.mp4", "--out", "o"]))
+    for key, (argv, field, value) in QUALITY_FLAGS.items():
+        opts = segment.options_of(parser.parse_args(["--video", "x.mp4", "--out", "o", *argv]))
+        assert getattr(base, field) != value, key
+        assert getattr(opts, field) == value, key
