@@ -44,7 +44,8 @@ def options_of(args: argparse.Namespace) -> SegmentOptions:
     return SegmentOptions(
         batch_size=args.batch_size, temporal=not args.no_temporal, fusion_weight=args.fusion_weight,
         gap=default_gap(video=not files_default) if args.gap is None else args.gap, refine=not args.no_refine,
-        min_motion=args.min_motion, track_frames=args.track_frames, animation=not args.no_animation,
+        steady=not args.no_steady, min_motion=args.min_motion, track_frames=args.track_frames,
+        animation=not args.no_animation,
         overlays=files_default if args.overlays is None else args.overlays,
         save_proba=files_default if args.save_proba is None else args.save_proba,
         max_width=args.max_width, flow_method=args.flow_method, dis_preset=args.dis_preset,

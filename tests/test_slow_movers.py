@@ -176,6 +176,7 @@ QUALITY_FLAGS = {
     "no_temporal": (["--no_temporal"], "temporal", False),
     "gap": (["--gap", "2"], "gap", 2),
     "no_refine": (["--no_refine"], "refine", False),
+    "no_steady": (["--no_steady"], "steady", False),
     "fusion_weight": (["--fusion_weight", "1.5"], "fusion_weight", 1.5),
     "min_motion": (["--min_motion", "3"], "min_motion", 3.0),
     "track_frames": (["--track_frames", "1"], "track_frames", 1),

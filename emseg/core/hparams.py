@@ -373,6 +373,9 @@ class SegmentQualityHparams:
     no_refine: bool = hp(False, "(--video) plain bilinear upsampling of the probabilities to the frame's size, "
                          "instead of masks that follow the frame's edges (guided-filtered by the frame, "
                          "emseg/video/refine.py)")
+    no_steady: bool = hp(False, "binarise every frame's mask alone, instead of with its neighbours (a pixel near "
+                         "the decision level keeps its previous label; each label is the majority of the previous, "
+                         "this and the next frame's, carried by the flow: emseg/video/steady.py)")
     fusion_weight: float = hp(2.0, "weight of each neighbouring frame (× its flow confidence) against the frame's "
                               "own 1", parse=Bounded(float, low=0))
     # emseg.core.significance.DEFAULT_MIN_MOTION (tests/test_hparams.py checks they agree); checked

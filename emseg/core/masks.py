@@ -112,18 +112,25 @@ def resize_proba(proba, size: tuple[int, int]):
     return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def labels_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """pred (L, I, J) float32 array → the argmax label (H, W) of the probabilities resized bilinearly
-    to ``size`` (the array twin of ``resize_proba(pred, size).argmax(0)``)."""
+def scores_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pred (L, I, J) float32 array → the probabilities resized bilinearly to ``size`` = (H, W): (H, W)
+    p1 − p0 when L = 2 (one channel decides), else (H, W, L)."""
     import cv2
 
     H, W = size
     L = pred.shape[0]
-    if L == 2:  # one channel decides: the sign of p1 − p0 (ties go to label 0, as argmax does)
-        d = cv2.resize(np.ascontiguousarray(pred[1] - pred[0]), (W, H), interpolation=cv2.INTER_LINEAR)
-        return (d > 0).astype(np.uint8)
+    if L == 2:
+        return cv2.resize(np.ascontiguousarray(pred[1] - pred[0]), (W, H), interpolation=cv2.INTER_LINEAR)
     up = cv2.resize(np.ascontiguousarray(pred.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
-    return up.reshape(H, W, L).argmax(-1)
+    return up.reshape(H, W, L)
+
+
+def labels_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pred (L, I, J) float32 array → the argmax label (H, W) of the probabilities resized bilinearly
+    to ``size`` (the array twin of ``resize_proba(pred, size).argmax(0)``; with L = 2 the sign of
+    p1 − p0, ties going to label 0, as argmax does)."""
+    scores = scores_at(pred, size)
+    return (scores > 0).astype(np.uint8) if pred.shape[0] == 2 else scores.argmax(-1)
 
 
 def foreground_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:

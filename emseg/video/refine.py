@@ -64,11 +64,11 @@ def guide_of(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) * (1.0 / 255.0)
 
 
-def refined_labels(pred: np.ndarray, frame: np.ndarray, radius_model_px: float = RADIUS_MODEL_PX,
+def refined_scores(pred: np.ndarray, frame: np.ndarray, radius_model_px: float = RADIUS_MODEL_PX,
                    eps: float = EPS) -> np.ndarray:
-    """pred (L, I, J) → argmax labels (H, W) at ``frame``'s size (H, W, 3 RGB uint8), the bilinearly
-    upsampled probabilities guided-filtered by the frame (module docstring). With L = 2 one channel
-    decides, p1 − p0, as ``labels_at`` does (ties go to label 0)."""
+    """pred (L, I, J) → the bilinearly upsampled probabilities guided-filtered by ``frame`` (H, W, 3 RGB
+    uint8; module docstring), at its size: (H, W) p1 − p0 when L = 2 (one channel decides), else
+    (H, W, L)."""
     if pred.ndim != 3:
         raise ValueError(f"expected pred (L, I, J), got {pred.shape}")
     H, W = frame.shape[:2]
@@ -77,9 +77,17 @@ def refined_labels(pred: np.ndarray, frame: np.ndarray, radius_model_px: float =
     guide = guide_of(frame)
     if L == 2:
         d = cv2.resize(np.ascontiguousarray(pred[1] - pred[0]), (W, H), interpolation=cv2.INTER_LINEAR)
-        return (guided_filter(guide, d, radius, eps) > 0).astype(np.uint8)
+        return guided_filter(guide, d, radius, eps)
     up = cv2.resize(np.ascontiguousarray(pred.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
-    return guided_filter(guide, up.reshape(H, W, L), radius, eps).argmax(-1)
+    return guided_filter(guide, up.reshape(H, W, L), radius, eps)
+
+
+def refined_labels(pred: np.ndarray, frame: np.ndarray, radius_model_px: float = RADIUS_MODEL_PX,
+                   eps: float = EPS) -> np.ndarray:
+    """pred (L, I, J) → argmax labels (H, W) at ``frame``'s size of :func:`refined_scores` (with L = 2,
+    the sign of p1 − p0, as ``labels_at`` does: ties go to label 0)."""
+    scores = refined_scores(pred, frame, radius_model_px, eps)
+    return (scores > 0).astype(np.uint8) if pred.shape[0] == 2 else scores.argmax(-1)
 
 
 def drop_specks(foreground: np.ndarray, min_fraction: float = MIN_SPECK_FRACTION) -> np.ndarray:

@@ -14,9 +14,11 @@ A video goes through, frame pair by frame pair (memory stays flat with the video
    weighted by the confidence;
 4. **motion significance** (:mod:`.stages`, ``emseg.core.significance``): a foreground region is kept only
    if it moves unlike the background's fitted motion by more than the flow's own noise;
-5. **binarise and write** (:mod:`.writers`): the probabilities are resized to the frame's size and
-   binarised (``exceptbiggest``, by a histogram of the argmax labels) and written, with the animation,
-   by a writer thread.
+5. **binarise and write** (:mod:`.writers`): the probabilities are resized to the frame's size (refined
+   with the frame as guide, ``emseg.video.refine``) and binarised (``exceptbiggest``): with the
+   neighbouring frames' masks carried by the flow (``emseg.video.steady``: hysteresis, then a median over
+   three frames; one frame later), or each frame alone with ``--no_steady``; then written, with the
+   animation, by a writer thread.
 
 :mod:`.options` holds the settings (their defaults and flags: ``emseg/core/hparams.py``), :mod:`.app`
 wires the stages into ``segment_flows`` and ``segment_video``; segment.py parses its flags (reading only

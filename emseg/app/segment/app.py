@@ -110,7 +110,7 @@ def _segment_flows(model, flow_paths: Sequence[Path], out: Path, frames: Sequenc
 
     def emit(steps: list[Step]) -> None:
         for s in steps:
-            writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
+            writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"], *s.flows())
             bar.update()
 
     gap = max(1, int(opts.gap))
@@ -347,7 +347,7 @@ def _segment_video(model, video: str | os.PathLike, out: Path, opts: SegmentOpti
     def emit(steps: list[Step]) -> None:
         nonlocal n
         for s in steps:
-            writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"])
+            writer.submit(s.name, s.meta["final"].numpy(), s.meta["size"], s.meta["base"], *s.flows())
             n += 1
             bar.update()
 

@@ -39,6 +39,7 @@ class SegmentOptions:
     #: without options, and segment.py for flow files without ``--gap``, take :data:`FLOWS_GAP`)
     gap: int = VIDEO_GAP
     refine: bool = not _default("no_refine")        #: edge-aware upsampling by the frame (video)
+    steady: bool = not _default("no_steady")        #: stage 5: masks binarised with their neighbours'
     fusion_weight: float = _default("fusion_weight")  #: a neighbour's weight (× its confidence) against the frame's 1
     min_motion: float = _default("min_motion")      #: stage 4; 0 turns it off
     track_frames: int = _default("track_frames")  #: stage 4 over tracks; 1: each frame alone

@@ -43,6 +43,10 @@ class Step:
     #: (I, J) the confidence of ``flow_in`` where it is not the flow to t+1 (``--gap`` > 1), else None
     conf_in: torch.Tensor | None = None
 
+    def flows(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(to_prev, forward) as arrays (2, I, J) (None where absent), for stage 5 (the writer)."""
+        return tuple(None if f is None else f.detach().cpu().numpy() for f in (self.to_prev, self.forward))
+
 
 class SequenceStages:
     """Streams :class:`Step` s through identity alignment, fusion (one frame of look-ahead) and

@@ -20,8 +20,9 @@ from tqdm import tqdm
 from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.source import StageTimes
 from emseg.core.atomic_io import atomic_write, atomic_write_image
-from emseg.core.masks import exceptbiggest_labels, labels_at
-from emseg.video.refine import drop_specks, refined_labels
+from emseg.core.masks import exceptbiggest_labels, labels_at, scores_at
+from emseg.video.refine import drop_specks, refined_labels, refined_scores
+from emseg.video.steady import SteadyMasks, foreground_margin, upsample_flow
 from evaluationmodule.writers import rewrite_rows, write_json, write_npy
 
 logger = logging.getLogger(__name__)
@@ -63,22 +64,52 @@ class Writer:
         self.mp4_tmp: Path | None = None
         self.gif_frames: list[Image.Image] = []
         self.n_written = 0
+        # a frame's mask decided with its neighbours' (--no_steady: alone)
+        self.steady = (SteadyMasks(clean=drop_specks if opts.refine else None)
+                       if opts.temporal and opts.steady else None)
 
-    def submit(self, name: str, final: np.ndarray, size: tuple[int, int], base: Callable[[], np.ndarray] | None):
-        self.pending.append(self.pool.submit(self._write, name, final, size, base))
+    def submit(self, name: str, final: np.ndarray, size: tuple[int, int], base: Callable[[], np.ndarray] | None,
+               to_prev: np.ndarray | None = None, forward: np.ndarray | None = None):
+        """One frame, in order: its final probabilities (L, I, J), output size (H, W), a maker of its RGB
+        image (or None), and its flows (2, I, J) on the model's grid, in its pixels, back to the previous
+        frame (None: the sequence is broken here) and on to the next (the steady masks' neighbours)."""
+        self.pending.append(self.pool.submit(self._write, name, final, size, base, to_prev, forward))
         while len(self.pending) > 32:  # back-pressure: memory stays flat
             self.pending.popleft().result()
 
-    def _write(self, name: str, final: np.ndarray, size: tuple[int, int], base) -> None:
+    def _write(self, name: str, final: np.ndarray, size: tuple[int, int], base, to_prev, forward) -> None:
         t0 = time.perf_counter()
         frame = base() if base is not None and (self.opts.refine or self.opts.overlays or self.opts.animation) else None
-        if self.opts.refine and frame is not None:
+        refine = self.opts.refine and frame is not None
+        if self.steady is not None:
+            # the margin decides with the neighbours' masks (emseg/video/steady.py), one frame later
+            L = final.shape[0]
+            labels, margin = foreground_margin(refined_scores(final, frame) if refine else scores_at(final, size), L)
+            hw = margin.shape
+            flows = [None if f is None else upsample_flow(f, hw) for f in (to_prev, forward)]
+            decided = self.steady.push(margin, *flows, payload=(name, final, labels, frame))
+            self.times.add("binarise", t0)
+            for (n, fin, lab, fr), binary in decided:
+                self._emit(n, fin, lab, fr, binary)
+            return
+        if refine:
             labels = refined_labels(final, frame)
             binary = drop_specks(exceptbiggest_labels(labels, final.shape[0]))
         else:
             labels = labels_at(final, size)  # once: the mask and the overlay both use it
             binary = exceptbiggest_labels(labels, final.shape[0])
-        t0 = self.times.add("binarise", t0)
+        self.times.add("binarise", t0)
+        self._emit(name, final, labels, frame, binary)
+
+    def _flush(self) -> None:
+        """The frame the steady masks still hold (on the writer thread, after every other)."""
+        if self.steady is not None:
+            for (n, fin, lab, fr), binary in self.steady.finish():
+                self._emit(n, fin, lab, fr, binary)
+
+    def _emit(self, name: str, final: np.ndarray, labels: np.ndarray, frame: np.ndarray | None,
+              binary: np.ndarray) -> None:
+        t0 = time.perf_counter()
         _png(self.out / f"{name}_binary.png", binary.astype(np.uint8) * 255)
         if self.opts.save_proba:
             write_npy(final.astype(np.float32), self.out / f"{name}_proba.npy")
@@ -116,6 +147,7 @@ class Writer:
         self.mp4.write(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
 
     def close(self) -> dict:
+        self.pending.append(self.pool.submit(self._flush))
         for f in self.pending:
             f.result()
         self.pool.shutdown(wait=True)
