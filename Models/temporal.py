@@ -7,7 +7,7 @@
   its motion θ_t as a frame model's θ, so that rows, figures and parametric flows stay per frame.
 - :func:`clips_as_frames` turns a clip batch (B clips of T frames) into the frame batch of its B·T frames
   (in place), and :func:`frame_of_clip` takes one frame per clip (``model_eval.py``: each frame from the
-  clip it is most central in, ``evaluationmodule/clip_frames.py``).
+  clip centred on it, ``evaluationmodule/clip_frames.py``).
 
 Shapes: pred (B, L, T, I, J) softmax over L, flow (B, 2, T, I, J).
 """

@@ -46,11 +46,11 @@ def test_frames_come_out_at_most_half_a_window_late_and_memory_stays_flat():
     for t in range(10):
         decided.append(len(w.push(flows + t)))
         assert len(w._inputs) <= 5
-    assert decided == [0, 0, 0, 0, 3] + [1] * 5  # frame t is out once frame t + 2 is in
+    assert decided == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]  # frame t is out once frame t + 2 is in
     assert len(w.restart()) == 2
 
 
-def test_a_run_shorter_than_a_clip_repeats_its_last_frame():
+def test_a_run_shorter_than_a_clip_repeats_its_end_frames_around_each_frame():
     seen = []
 
     def spy(clips: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,21 @@ def test_a_run_shorter_than_a_clip_repeats_its_last_frame():
     w = ClipWindows(spy, 4)
     assert w.push(torch.arange(2.0)[:, None, None, None].expand(2, 2, 1, 1).clone()) == []
     assert len(w.restart()) == 2
-    assert seen == [[[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]]
+    # each frame at the window's centre (place 1 of 4): frames -1 … 2 and 0 … 3, clamped into 0 … 1
+    assert seen == [[[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]]
+
+
+def test_each_frame_sits_at_its_windows_centre():
+    got = []
+
+    def spy(clips: torch.Tensor) -> torch.Tensor:
+        got.extend(clips[:, 0, :, 0, 0].tolist())
+        return _stub(clips)
+
+    w = ClipWindows(spy, 3)
+    out = w.push(torch.arange(5.0)[:, None, None, None].expand(5, 2, 1, 1).clone()) + w.restart()
+    assert got == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
+    assert [float(p[0, 0, 0]) for p in out] == [0, 1, 2, 3, 4]  # each one's own output: the centre's
 
 
 def test_frame_windows_and_bad_settings():

@@ -165,14 +165,15 @@ def test_a_temporal_checkpoint_loads_as_a_temporal_model_and_a_frame_one_as_befo
 # ------------------------------------------------------------------------------------------------
 # Per-frame evaluation of clips
 # ------------------------------------------------------------------------------------------------
-def test_every_frame_gets_one_clip_the_one_it_is_most_central_in(tmp_path):
+def test_every_frame_gets_one_clip_centred_on_it(tmp_path):
     from csvflowdatamodule.clips import CsvClipDataset
     from csvflowdatamodule.dataset import CsvDataset
     from csvflowdatamodule.synthetic import make_synthetic_split
     from evaluationmodule.clip_frames import FrameClipDataset, clip_window
 
-    assert clip_window(0, 5, 3) == ([0, 1, 2], 0) and clip_window(2, 5, 3) == ([1, 2, 3], 1)
-    assert clip_window(4, 5, 3) == ([2, 3, 4], 2) and clip_window(1, 2, 4) == ([0, 1, 1, 1], 1)
+    assert clip_window(0, 5, 3) == ([0, 0, 1], 1) and clip_window(2, 5, 3) == ([1, 2, 3], 1)
+    assert clip_window(4, 5, 3) == ([3, 4, 4], 1) and clip_window(1, 2, 4) == ([0, 1, 1, 1], 1)
+    assert clip_window(0, 1, 2) == ([0, 0], 0) and clip_window(3, 7, 4) == ([2, 3, 4, 5], 1)
     prefix = make_synthetic_split(str(tmp_path), "c", n_train=1, n_val=1, n_test=8, img_size=(16, 24), seed=1,
                                   frames_per_sequence=6)
     csv = f"{prefix}_test.csv"
@@ -184,7 +185,7 @@ def test_every_frame_gets_one_clip_the_one_it_is_most_central_in(tmp_path):
         item = ds[i]
         rows = tuple(item["ClipRows"].tolist())
         assert item["Index"] == frames.indices[i] and rows[item["ClipFrame"]] == item["Index"]
-        assert rows in clips or len(set(rows)) < 3  # a stride-1 clip of clips.py, or a short sequence padded
+        assert rows in clips or len(set(rows)) < 3  # a stride-1 clip of clips.py, or one padded at an end
         assert torch.equal(item["Flow"], item["ClipFlow"][:, item["ClipFrame"]])
         assert torch.equal(item["Flow"], frames[i]["Flow"]) and item["GtMask"].shape == (16, 24)
 

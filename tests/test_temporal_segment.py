@@ -38,7 +38,7 @@ def test_a_temporal_checkpoint_segments_a_video_and_flow_files(tmp_path, tempora
     assert res["n_flows"] == 6
     assert sorted(p.name for p in (tmp_path / "video").glob("*_binary.png")) == [f"{t:05d}_binary.png"
                                                                                 for t in range(6)]
-    # the first frame's masks are the first clip's first frame: the network on frames 0-2 of its inputs
+    # the last frame's masks: the network on the clip centred on it, frames 3, 4 and 4 again
     flows = [np.full((72, 96, 2), 0.5 * t, np.float32) for t in range(5)]
     for t, f in enumerate(flows):
         np.save(tmp_path / f"{t:05d}.npy", f)
@@ -50,8 +50,8 @@ def test_a_temporal_checkpoint_segments_a_video_and_flow_files(tmp_path, tempora
     with torch.no_grad():
         clip = torch.stack([torch.nn.functional.interpolate(torch.from_numpy(flows[k]).permute(2, 0, 1)[None],
                                                             size=(32, 48), mode="bilinear", align_corners=False)[0]
-                            for k in (2, 3, 4)], dim=1)[None]
-        last = model.prediction({"Flow": clip})["Pred"][0, :, 2].numpy()  # frame 4 sits last in clip 2-4
+                            for k in (3, 4, 4)], dim=1)[None]
+        last = model.prediction({"Flow": clip})["Pred"][0, :, 1].numpy()  # frame 4 at the centre of 3, 4, 4
     np.testing.assert_allclose(_probas(tmp_path / "flows", 5)[4], last, atol=1e-6)
 
 

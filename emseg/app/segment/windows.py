@@ -1,15 +1,14 @@
 """Per-frame predictions of a network over a stream of frames: one frame at a time (the frame model)
-or, for a temporal model, each frame from the clip of T consecutive frames it is most central in.
+or, for a temporal model, each frame from the clip of T consecutive frames centred on it.
 
 A temporal checkpoint (``clip_length`` T > 1) reads clips (B, 2, T, I, J) and gives T frames of masks
-(B, L, T, I, J). Over a sequence, frame t takes its masks from the window starting at
-t − ⌊(T − 1)/2⌋, shifted inside the run of frames at its ends (the first and last frames sit off
-centre), so every frame gets exactly one prediction, as ``model_eval.py`` gives it
-(``evaluationmodule/clip_frames.py``); a run shorter than T is padded with its last frame. Mask
-identities across windows are then matched frame to frame by the temporal stage, as for a frame model.
-A window is one network call, so a temporal model costs one call per frame, like a frame model; the
-stream holds at most T frames' inputs back (memory flat in the video's length) and frames come out
-⌈(T − 1)/2⌉ frames late.
+(B, L, T, I, J). Over a run of consecutive frames, frame t takes its masks from the window
+t − ⌊(T − 1)/2⌋ … t + ⌈(T − 1)/2⌉, each index clamped into the run (its first or last frame repeated at its
+ends), at the window's centre, so every frame gets exactly one prediction, as ``model_eval.py`` gives it
+(one rule: ``evaluationmodule.clip_frames.clip_window``). Mask identities across windows are then matched
+frame to frame by the temporal stage, as for a frame model. A window is one network call, so a temporal
+model costs one call per frame, like a frame model; the stream holds at most T frames' inputs back (memory
+flat in the video's length) and frames come out ⌈(T − 1)/2⌉ frames late.
 
 Conventions: flows (n, 2, I, J) the network's inputs; predictions (L, I, J) softmax over L.
 """
@@ -21,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from evaluationmodule.clip_frames import clip_window
 
 
 class FrameWindows:
@@ -49,47 +50,42 @@ class ClipWindows:
         self.predict_clips = predict_clips
         self.T = int(clip_length)
         self.before = (self.T - 1) // 2  # frames of a window before its central frame
+        self.after = self.T - 1 - self.before
         self._inputs: deque[Tensor] = deque()  # the run's last inputs (2, I, J), at most T
         self._first = 0   # the run index of _inputs[0]
         self._next = 0    # the run index of the next frame to decide
         self._n = 0       # frames pushed in this run
 
     def push(self, flows: Tensor) -> list[Tensor]:
-        out: list[Tensor] = []
         clips, at = [], []
         for f in flows:
             self._inputs.append(f)
             self._n += 1
-            # frame t's window starts at max(0, t - before) and needs T frames: decide those it now completes
-            while self._n - 1 >= max(self.T - 1, self._next - self.before + self.T - 1):
-                start = max(0, self._next - self.before)
-                clips.append(self._clip(start))
-                at.append(self._next - start)
+            # frame t's window ends at t + after: decide the frames whose window is now complete
+            while self._next + self.after <= self._n - 1:
+                clips.append(self._clip(self._next, n_frames=None))
+                at.append(self.before)
                 self._next += 1
             while len(self._inputs) > self.T:
                 self._inputs.popleft()
                 self._first += 1
-        if clips:
-            out += self._run(clips, at)
-        return out
+        return self._run(clips, at) if clips else []
 
     def restart(self) -> list[Tensor]:
         clips, at = [], []
-        n = self._n
-        while self._next < n:
-            start = max(0, min(self._next - self.before, n - self.T))
-            clips.append(self._clip(start))
-            at.append(self._next - start)
+        while self._next < self._n:
+            clips.append(self._clip(self._next, n_frames=self._n))
+            at.append(self.before)
             self._next += 1
         out = self._run(clips, at) if clips else []
         self._inputs.clear()
         self._first = self._next = self._n = 0
         return out
 
-    def _clip(self, start: int) -> Tensor:
-        """(2, T, I, J): the run's frames start … start + T − 1, the last one repeated past the run's end."""
-        frames = [self._inputs[min(k, self._n - 1) - self._first] for k in range(start, start + self.T)]
-        return torch.stack(frames, dim=1)
+    def _clip(self, t: int, n_frames: int | None) -> Tensor:
+        """(2, T, I, J): frame t's window (``clip_window``; ``n_frames`` None while the run goes on past it)."""
+        positions, _ = clip_window(t, n_frames or t + self.after + 1, self.T)
+        return torch.stack([self._inputs[k - self._first] for k in positions], dim=1)
 
     def _run(self, clips: list[Tensor], at: list[int]) -> list[Tensor]:
         pred = self.predict_clips(torch.stack(clips))  # (n, L, T, I, J)
