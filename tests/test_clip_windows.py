@@ -50,30 +50,30 @@ def test_frames_come_out_at_most_half_a_window_late_and_memory_stays_flat():
     assert len(w.restart()) == 2
 
 
-def test_a_run_shorter_than_a_clip_repeats_its_end_frames_around_each_frame():
-    seen = []
+def _spied(T: int, n: int) -> tuple[list[list[float]], list[torch.Tensor]]:
+    """The clips a ClipWindows of length T sends to the network over a run of n frames (frame t's input
+    holds t), and its outputs: all pushed at once, then the run ended."""
+    seen: list[list[float]] = []
 
     def spy(clips: torch.Tensor) -> torch.Tensor:
-        seen.append(clips[:, 0, :, 0, 0].tolist())
+        seen.extend(clips[:, 0, :, 0, 0].tolist())
         return _stub(clips)
 
-    w = ClipWindows(spy, 4)
-    assert w.push(torch.arange(2.0)[:, None, None, None].expand(2, 2, 1, 1).clone()) == []
-    assert len(w.restart()) == 2
+    w = ClipWindows(spy, T)
+    out = w.push(torch.arange(float(n))[:, None, None, None].expand(n, 2, 1, 1).clone())
+    return seen, out + w.restart()
+
+
+def test_a_run_shorter_than_a_clip_repeats_its_end_frames_around_each_frame():
+    seen, out = _spied(4, 2)
+    assert len(out) == 2
     # each frame at the window's centre (place 1 of 4): frames -1 … 2 and 0 … 3, clamped into 0 … 1
-    assert seen == [[[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]]
+    assert seen == [[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]
 
 
 def test_each_frame_sits_at_its_windows_centre():
-    got = []
-
-    def spy(clips: torch.Tensor) -> torch.Tensor:
-        got.extend(clips[:, 0, :, 0, 0].tolist())
-        return _stub(clips)
-
-    w = ClipWindows(spy, 3)
-    out = w.push(torch.arange(5.0)[:, None, None, None].expand(5, 2, 1, 1).clone()) + w.restart()
-    assert got == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
+    seen, out = _spied(3, 5)
+    assert seen == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
     assert [float(p[0, 0, 0]) for p in out] == [0, 1, 2, 3, 4]  # each one's own output: the centre's
 
 
