@@ -125,12 +125,16 @@ def scores_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return up.reshape(H, W, L)
 
 
+def labels_of(scores: np.ndarray, n_labels: int) -> np.ndarray:
+    """The argmax labels (H, W) of per-pixel scores: (H, W) p1 − p0 when ``n_labels`` = 2 (its sign; ties
+    go to label 0, as argmax does), else (H, W, L) probabilities."""
+    return (scores > 0).astype(np.uint8) if n_labels == 2 else scores.argmax(-1)
+
+
 def labels_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """pred (L, I, J) float32 array → the argmax label (H, W) of the probabilities resized bilinearly
-    to ``size`` (the array twin of ``resize_proba(pred, size).argmax(0)``; with L = 2 the sign of
-    p1 − p0, ties going to label 0, as argmax does)."""
-    scores = scores_at(pred, size)
-    return (scores > 0).astype(np.uint8) if pred.shape[0] == 2 else scores.argmax(-1)
+    to ``size`` (the array twin of ``resize_proba(pred, size).argmax(0)``; :func:`labels_of`)."""
+    return labels_of(scores_at(pred, size), pred.shape[0])
 
 
 def foreground_at(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from emseg.core.masks import labels_of, scores_at
 from emseg.core.significance import MIN_REGION_FRACTION
 
 #: the window's radius, in model pixels (the output radius is this times the upsampling factor); chosen on the
@@ -72,22 +73,16 @@ def refined_scores(pred: np.ndarray, frame: np.ndarray, radius_model_px: float =
     if pred.ndim != 3:
         raise ValueError(f"expected pred (L, I, J), got {pred.shape}")
     H, W = frame.shape[:2]
-    L, I, J = pred.shape
+    _, I, J = pred.shape
     radius = max(1, round(radius_model_px * max(H / I, W / J)))
-    guide = guide_of(frame)
-    if L == 2:
-        d = cv2.resize(np.ascontiguousarray(pred[1] - pred[0]), (W, H), interpolation=cv2.INTER_LINEAR)
-        return guided_filter(guide, d, radius, eps)
-    up = cv2.resize(np.ascontiguousarray(pred.transpose(1, 2, 0)), (W, H), interpolation=cv2.INTER_LINEAR)
-    return guided_filter(guide, up.reshape(H, W, L), radius, eps)
+    return guided_filter(guide_of(frame), scores_at(pred, (H, W)), radius, eps)
 
 
 def refined_labels(pred: np.ndarray, frame: np.ndarray, radius_model_px: float = RADIUS_MODEL_PX,
                    eps: float = EPS) -> np.ndarray:
-    """pred (L, I, J) → argmax labels (H, W) at ``frame``'s size of :func:`refined_scores` (with L = 2,
-    the sign of p1 − p0, as ``labels_at`` does: ties go to label 0)."""
-    scores = refined_scores(pred, frame, radius_model_px, eps)
-    return (scores > 0).astype(np.uint8) if pred.shape[0] == 2 else scores.argmax(-1)
+    """pred (L, I, J) → argmax labels (H, W) at ``frame``'s size of :func:`refined_scores`
+    (``emseg.core.masks.labels_of``, as ``labels_at``)."""
+    return labels_of(refined_scores(pred, frame, radius_model_px, eps), pred.shape[0])
 
 
 def drop_specks(foreground: np.ndarray, min_fraction: float = MIN_SPECK_FRACTION) -> np.ndarray:
