@@ -57,27 +57,25 @@ class ClipWindows:
         self._n = 0       # frames pushed in this run
 
     def push(self, flows: Tensor) -> list[Tensor]:
-        clips, at = [], []
+        clips = []
         for f in flows:
             self._inputs.append(f)
             self._n += 1
             # frame t's window ends at t + after: decide the frames whose window is now complete
             while self._next + self.after <= self._n - 1:
                 clips.append(self._clip(self._next, n_frames=None))
-                at.append(self.before)
                 self._next += 1
             while len(self._inputs) > self.T:
                 self._inputs.popleft()
                 self._first += 1
-        return self._run(clips, at) if clips else []
+        return self._run(clips) if clips else []
 
     def restart(self) -> list[Tensor]:
-        clips, at = [], []
+        clips = []
         while self._next < self._n:
             clips.append(self._clip(self._next, n_frames=self._n))
-            at.append(self.before)
             self._next += 1
-        out = self._run(clips, at) if clips else []
+        out = self._run(clips) if clips else []
         self._inputs.clear()
         self._first = self._next = self._n = 0
         return out
@@ -87,11 +85,12 @@ class ClipWindows:
         positions, _ = clip_window(t, n_frames or t + self.after + 1, self.T)
         return torch.stack([self._inputs[k - self._first] for k in positions], dim=1)
 
-    def _run(self, clips: list[Tensor], at: list[int]) -> list[Tensor]:
+    def _run(self, clips: list[Tensor]) -> list[Tensor]:
+        """The clips' central frames' predictions (every frame sits at its clip's centre, ``before``)."""
         pred = self.predict_clips(torch.stack(clips))  # (n, L, T, I, J)
         if pred.dim() != 5 or pred.shape[2] != self.T:
             raise ValueError(f"expected the temporal network's output (n, L, {self.T}, I, J), got {tuple(pred.shape)}")
-        return [pred[i, :, k] for i, k in enumerate(at)]
+        return list(pred[:, :, self.before])
 
 
 def frame_windows(model, predict: Callable[[Tensor], Tensor]) -> FrameWindows | ClipWindows:
