@@ -84,6 +84,24 @@ def test_carry_mask_follows_an_integer_shift():
         carry_mask(prev, np.zeros((H, W + 1, 2), np.float32))
 
 
+def test_the_opencv_twins_agree_with_the_torch_warping():
+    """upsample_flow and carry_mask are flow_confidence's resize_flow and warp (≥ 0.5) in OpenCV."""
+    import torch
+
+    from emseg.video.flow_confidence import resize_flow, warp
+
+    rng = np.random.default_rng(0)
+    small = (3 * rng.standard_normal((2, 6, 8))).astype(np.float32)
+    up = upsample_flow(small, (H, W))
+    ref = resize_flow(torch.from_numpy(small)[None], (H, W), rescale=True)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(up, ref, atol=1e-4)
+    mask = rng.random((H, W)) > 0.6
+    carried, inside = carry_mask(mask, up)
+    w, ins = warp(torch.from_numpy(mask.astype(np.float32))[None, None], torch.from_numpy(up).permute(2, 0, 1)[None])
+    np.testing.assert_array_equal(inside, ins[0].numpy())
+    np.testing.assert_array_equal(carried, w[0, 0].numpy() >= 0.5)
+
+
 def test_a_one_frame_blob_is_dropped_and_a_still_object_kept():
     obj, blob = square(4), square(20, 2, 4)
     masks = [obj] * 5
