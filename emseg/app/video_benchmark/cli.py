@@ -13,6 +13,8 @@ written as an MP4 video (25 fps) with its masks.
     python -m emseg.app.video_benchmark score --bench data/videobench --split test \\
         --out runs/videobench/NAME [--label NAME] [-- <extra segment.py args>]
     python -m emseg.app.video_benchmark compare runs/videobench/A runs/videobench/B ...
+    python -m emseg.app.video_benchmark loss_check --bench data/videobench --split dev \\
+        --runs runs/videobench/A [runs/videobench/B ...] [--clip_length 3] [--out loss_check.csv]
 
 Layout written by ``make``: ``{out}/manifest.json``, ``{out}/{split}/{sequence}/video.mp4``,
 ``{out}/{split}/{sequence}/masks/00000.png`` ... (0 / 255, the video's size) and
@@ -26,6 +28,9 @@ between frames once the exact motion is accounted for; the ground truth's floor 
 (ground-truth regions found at ≥ 30 % coverage, predicted regions < 10 % on the ground truth), means per
 sequence and over the split's original seven sequences (core7), the new ones and all.
 
+``loss_check`` asks whether the training loss prefers the ground truth to the runs' masks: on each run's
+own flows, the loss (θ refitted) of the true partition against the run's, frame by frame (``loss_check.py``).
+
 ``python -m evaluationmodule.video_benchmark`` (the module's former path) runs the same command.
 """
 
@@ -38,12 +43,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emseg.app.video_benchmark.layout import DEFAULT_TEXTURES, SPLITS, BenchmarkError
+from emseg.core import hparams as H
+
+#: the training loss's settings ``loss_check`` takes (``emseg.core.hparams.LossHparams``' flags)
+LOSS_KEYS = ("param_model", "st_param_model", "v_distance", "theta_method", "temporal_sigma")
 
 PROG = "python -m emseg.app.video_benchmark"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """The command line (``make``, ``score``, ``compare``); ``prog`` is the command the help shows (the
+    """The command line (``make``, ``score``, ``compare``, ``loss_check``); ``prog`` is the command the help shows (the
     old module path passes its own). Returns 0; a bad input exits with one line naming the file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -75,6 +84,16 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                     help="also draw these frames, one row each, with every run's outline (e.g. zoom_rotate:30)")
     cp.add_argument("--frames_out", default=None,
                     help="the frames' figure (PNG; default: compare_frames.png beside the first run)")
+    lc = sub.add_parser("loss_check", help="does the training loss prefer the ground truth to the runs' masks? "
+                                           "(on each run's own flows)")
+    lc.add_argument("--bench", required=True)
+    lc.add_argument("--split", default="dev", choices=list(SPLITS))
+    lc.add_argument("--runs", nargs="+", required=True, help="run folders of score (segment.py --video's outputs)")
+    lc.add_argument("--labels", nargs="+", default=None, help="their names in the table (default: the folders')")
+    lc.add_argument("--clip_length", type=int, default=1,
+                    help="1: the frame model's loss; T > 1: the temporal model's over clips of T frames")
+    H.add_arguments(lc, H.LossHparams, only=LOSS_KEYS)
+    lc.add_argument("--out", default=None, help="per-frame CSV (and {stem}_per_sequence.csv beside it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if extra and args.cmd != "score":
@@ -94,6 +113,14 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                                 score_only=args.score_only, bound_th=args.bound_th)
             print(format_table(res.per_sequence, res.summary))
             print(f"→ {Path(args.out) / 'summary.json'}")
+        elif args.cmd == "loss_check":
+            from emseg.app.video_benchmark.loss_check import LossSettings, format_loss_table, loss_check
+
+            settings = LossSettings(clip_length=args.clip_length, **{k: getattr(args, k) for k in LOSS_KEYS})
+            _, per_seq = loss_check(args.bench, args.split, args.runs, args.labels, settings, args.out)
+            print(format_loss_table(per_seq, settings))
+            if args.out:
+                print(f"→ {args.out}")
         else:
             from emseg.app.video_benchmark.compare import compare_frames, compare_runs
 
