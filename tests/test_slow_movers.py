@@ -198,3 +198,32 @@ def test_every_quality_flag_reaches_the_pipeline_options():
         opts = segment.options_of(parser.parse_args(["--video", "x.mp4", "--out", "o", *argv]))
         assert getattr(base, field) != value, key
         assert getattr(opts, field) == value, key
+
+
+def test_adaptation_reads_the_flows_the_network_reads_over_the_gap(tmp_path, small_ckpt):
+    # --adapt fine-tuned on the one-frame flows while the network segments the flows over --gap frames
+    from emseg.app.segment.app import video_flows_at_model_size
+    from emseg.app.segment.model import flow_width_of, load_segmenter
+    from tests.test_segment import write_clip
+
+    video = write_clip(tmp_path / "clip.avi", n_frames=7)
+    model = load_segmenter(small_ckpt, device="cpu")
+    img_size = tuple(model.hparams["img_size"])
+    opts = SegmentOptions(gap=3, progress=False)
+    adapted_on = video_flows_at_model_size(video, model, opts)
+    seen: list[torch.Tensor] = []
+
+    def spy(flows: torch.Tensor) -> torch.Tensor:
+        seen.append(flows.clone())
+        return torch.full((len(flows), 2, *flows.shape[2:]), 0.5)
+
+    pairs = video_pairs(video, opts, flow_width_of(model, None), keep_frames=False, stats={})
+    for _ in pairs_to_steps(pairs, img_size, spy, batch=4, keep_flows=None):
+        pass
+    network_in = torch.cat(seen)
+    assert adapted_on.shape == network_in.shape == (6, 2, *img_size)
+    torch.testing.assert_close(adapted_on, network_in, rtol=0, atol=0)
+    one_frame = video_flows_at_model_size(video, model, SegmentOptions(gap=1, progress=False))
+    # the square moves 3 px a frame: over the gap its flow is about 3 times longer
+    ratio = adapted_on[:3].abs().amax() / one_frame[:3].abs().amax()
+    assert 2.0 < float(ratio) < 4.0, float(ratio)

@@ -322,8 +322,8 @@ class RunHparams:
 # segment.py (emseg/app/segment/): its flags, and the defaults of SegmentOptions
 # ------------------------------------------------------------------------------------------------
 #: segment.py --adapt without a number: test-time adaptation steps (emseg.video.adaptation.DEFAULT_ADAPT_STEPS;
-#: why 10: that module's docstring)
-ADAPT_STEPS = 10
+#: why 5: that module's docstring)
+ADAPT_STEPS = 5
 #: the bundled checkpoint, relative to the repository (emseg/app/segment/model.py:BUNDLED_CKPT)
 BUNDLED_CKPT_NAME = "checkpoints/em_small.ckpt"
 

@@ -20,7 +20,7 @@ from PIL import Image
 from emseg.app.segment.model import flow_width_of, make_predictor, model_device, save_adapted
 from emseg.app.segment.options import FLOW_SUFFIXES, FLOW_WIDTH_HPARAM, FLOWS_GAP, SegmentOptions
 from emseg.app.segment.source import VideoError, VideoSource, threaded, video_pairs
-from emseg.app.segment.stages import SequenceStages, Step, pairs_to_steps
+from emseg.app.segment.stages import SequenceStages, Step, gap_flow, pairs_to_steps
 from emseg.app.segment.windows import frame_windows
 from emseg.app.segment.writers import Progress, Writer, write_flows, write_manifest, write_skipped
 from emseg.core.flow_io import read_flow
@@ -255,14 +255,17 @@ def _gapped(flows: Iterator[tuple[int, Path, np.ndarray] | None], gap: int) -> I
 
 
 def video_flows_at_model_size(video: str | os.PathLike, model, opts: SegmentOptions) -> torch.Tensor:
-    """Every flow of the video as the network reads them: (N, 2, I, J) float32 (for adaptation)."""
+    """Every flow of the video as the network reads them: (N, 2, I, J) float32 (for adaptation), over
+    ``opts.gap`` frames (``stages.gap_flow``; the last frames: the longest gap left)."""
     img_size = tuple(model.hparams["img_size"])
     stats: dict = {}
     flows = []
     bar = Progress(None, "flows for adaptation", opts.progress)
     lite = SegmentOptions(**{**asdict(opts), "temporal": False, "min_motion": 0.0})
     for p in threaded(video_pairs(video, lite, flow_width_of(model, opts.max_width), False, stats)):
-        f = torch.from_numpy(p.forward).permute(2, 0, 1)[None]
+        # the network's own input (the flow over the gap): adapting on the one-frame flow would fit the
+        # network to motions about gap times smaller than those it then segments
+        f, _ = gap_flow(p, torch.from_numpy(p.forward).permute(2, 0, 1)[None], img_size)
         flows.append(F.interpolate(f, size=img_size, mode="bilinear", align_corners=False)[0])
         bar.update()
     bar.close()

@@ -149,6 +149,23 @@ def _conf(conf: torch.Tensor | None, inside: torch.Tensor) -> torch.Tensor:
     return c if conf is None else c * conf.float()
 
 
+def gap_flow(p: FramePair, f: torch.Tensor,
+             img_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The network's input flow (1, 2, h, w) at the flow's grid and its confidence (I, J) at ``img_size``,
+    or (f, None) without a gap: the flow to t+k where its forward-backward check holds, k times the flow to
+    t+1 (``f`` (1, 2, h, w)) elsewhere. Also what ``--adapt`` fine-tunes on (``video_flows_at_model_size``)."""
+    if p.gap <= 1 or p.gap_forward is None:
+        return f, None
+    g = torch.from_numpy(p.gap_forward).permute(2, 0, 1)[None]
+    conf = forward_backward_confidence(g, torch.from_numpy(p.gap_backward).permute(2, 0, 1)[None])
+    held = conf[:, None] >= GAP_CONFIDENT
+    mixed = torch.where(held, g, p.gap * f)
+    # the significance test trusts only the long flow's own check: where it failed, k × the short flow
+    # (its noise k-fold too) feeds the network but not the test, where it would look like motion
+    conf = F.interpolate(conf[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
+    return mixed, conf
+
+
 def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predict, batch: int,
                    keep_flows: list | None, times: StageTimes | None = None) -> Iterator[list[Step]]:
     """Batches the network over frame pairs; yields :class:`Step` s (one per frame), in order, as their
@@ -165,7 +182,7 @@ def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predic
         t0 = time.perf_counter()
         fwd = [torch.from_numpy(p.forward).permute(2, 0, 1)[None] for p in items]
         with torch_threads(1):
-            gapped = [gap_flow(p, f) for p, f in zip(items, fwd)]
+            gapped = [gap_flow(p, f, img_size) for p, f in zip(items, fwd)]
         t1 = times.add("confidence", t0)
         flows_in = torch.cat([F.interpolate(g, size=img_size, mode="bilinear", align_corners=False)
                               for g, _ in gapped])
@@ -181,20 +198,6 @@ def pairs_to_steps(pairs: Iterator[FramePair], img_size: tuple[int, int], predic
                 p, f, f_in, conf = waiting.popleft()
                 out.append(step_of(p, f, f_in, pr, conf))
         return out
-
-    def gap_flow(p: FramePair, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The network's input flow (1, 2, h, w) and its confidence (I, J), or (f, None) without a gap:
-        the flow to t+k where its forward-backward check holds, k times the flow to t+1 elsewhere."""
-        if p.gap <= 1 or p.gap_forward is None:
-            return f, None
-        g = torch.from_numpy(p.gap_forward).permute(2, 0, 1)[None]
-        conf = forward_backward_confidence(g, torch.from_numpy(p.gap_backward).permute(2, 0, 1)[None])
-        held = conf[:, None] >= GAP_CONFIDENT
-        mixed = torch.where(held, g, p.gap * f)
-        # the significance test trusts only the long flow's own check: where it failed, k × the short flow
-        # (its noise k-fold too) feeds the network but not the test, where it would look like motion
-        conf = F.interpolate(conf[None], size=img_size, mode="bilinear", align_corners=False)[0, 0]
-        return mixed, conf
 
     def step_of(p: FramePair, f: torch.Tensor, f_in: torch.Tensor, pr: torch.Tensor,
                 conf_in: torch.Tensor | None = None) -> Step:
