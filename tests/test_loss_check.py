@@ -128,8 +128,10 @@ def _run(bench, run, masks_of, flow_width=None, gap=GAP):
     return run
 
 
-def test_flows_are_the_runs_own_over_its_gap(bench):
+def test_flows_are_the_networks_own_over_its_gap(bench):
     from csvflowdatamodule.extract_flow import dis_estimator
+    from emseg.app.segment.stages import GAP_CONFIDENT
+    from emseg.video.flow_confidence import forward_backward_confidence
 
     (entry,) = [s for s in vb.split_sequences(vb.load_manifest(bench), "dev", bench) if s["objects"]]
     video = bench / entry["path"] / "video.mp4"
@@ -140,9 +142,19 @@ def test_flows_are_the_runs_own_over_its_gap(bench):
     cap.release()
     assert len(flows) == N - 1
     fn = dis_estimator("fast")
-    for t in (0, N - 2):  # a full gap, then the last frame's shorter one
-        expected = fn(frames[t], frames[min(t + GAP, N - 1)])
-        np.testing.assert_allclose(flows[t], expected, atol=1e-5)
+
+    def chw(f):
+        return torch.from_numpy(np.asarray(f, np.float32)).permute(2, 0, 1)[None]
+
+    # a full gap: the flow to t + GAP where its forward-backward check holds, GAP × the flow to t + 1 elsewhere
+    t = 0
+    long, back = chw(fn(frames[t], frames[t + GAP])), chw(fn(frames[t + GAP], frames[t]))
+    held = forward_backward_confidence(long, back)[:, None] >= GAP_CONFIDENT
+    expected = torch.where(held, long, GAP * chw(fn(frames[t], frames[t + 1])))[0].permute(1, 2, 0).numpy()
+    assert 0 < float(held.float().mean()) < 1  # both rules are exercised (97 % held here)
+    np.testing.assert_allclose(flows[t], expected, atol=1e-5)
+    # the last frame: the one gap it has left, the flow to the next frame
+    np.testing.assert_allclose(flows[N - 2], fn(frames[N - 2], frames[N - 1]), atol=1e-5)
 
 
 def test_a_perfect_run_ties_the_truth_and_an_empty_run_loses_to_it(tmp_path, bench, capsys):

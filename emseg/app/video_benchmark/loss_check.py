@@ -7,9 +7,10 @@ network or training of that loss has no reason to go there, and the gap to the t
 flow's), not the model's. This command measures it on the video benchmark, per frame:
 
 - **the flows** are the run's own: each sequence's ``manifest.json`` (written by ``segment.py``) records the
-  flow's width, the gap and the estimator, and the same code (``emseg.app.segment.source.video_pairs``)
-  computes them again; frame t's flow runs from t to t + gap (the last frames: the longest gap left), as
-  the network read it.
+  flow's width, the gap and the estimator, and the pipeline's own code computes them again
+  (``emseg.app.segment.source.video_pairs``, then ``emseg.app.segment.stages.gap_flow``): frame t's flow
+  runs from t to t + gap where its forward-backward check holds, gap times the flow to t + 1 elsewhere (the
+  last frames: the longest gap left), as the network read it, at the flow's grid.
 - **two hard partitions** of that flow's grid, background / foreground: the ground truth's mask and the
   run's ``{t:05d}_binary.png``, both brought to the flow's grid by area (a flow pixel is foreground when
   at least half of it is).
@@ -32,6 +33,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -47,6 +49,7 @@ import torch
 
 from emseg.app.segment.options import SegmentOptions
 from emseg.app.segment.source import video_pairs
+from emseg.app.segment.stages import gap_flow
 from emseg.app.video_benchmark.layout import BenchmarkError, load_manifest, split_sequences
 from emseg.app.video_benchmark.score import read_mask
 from emseg.core import coherence_math as cm
@@ -114,8 +117,6 @@ def to_grid(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def run_flow_options(run_dir: Path, sequence: str) -> dict[str, Any]:
     """The flow settings a run's sequence was segmented with (its ``manifest.json``): FLOW_OPTIONS and
     ``flow_width``. BenchmarkError naming the file when it is missing or lacks them."""
-    import json
-
     path = run_dir / sequence / "manifest.json"
     try:
         man = json.loads(path.read_text())
@@ -127,11 +128,14 @@ def run_flow_options(run_dir: Path, sequence: str) -> dict[str, Any]:
 
 
 def sequence_flows(video: Path, flow: dict[str, Any]) -> list[np.ndarray]:
-    """Frame t's flow (h, w, 2) for t = 0 … N − 2, as ``segment.py`` computed it with the settings ``flow``
-    (``run_flow_options``): over the gap, at the flow's width."""
+    """Frame t's flow (h, w, 2) for t = 0 … N − 2 as the network read it with the settings ``flow``
+    (``run_flow_options``): ``gap_flow`` of the frame pairs, at the flow's width (not resized)."""
     opts = SegmentOptions(**{k: flow[k] for k in FLOW_OPTIONS}, temporal=False, min_motion=0.0)
-    return [np.asarray(p.gap_forward if p.gap > 1 else p.forward, np.float32)
-            for p in video_pairs(video, opts, flow["flow_width"], keep_frames=False, stats={})]
+    flows = []
+    for p in video_pairs(video, opts, flow["flow_width"], keep_frames=False, stats={}):
+        f, _ = gap_flow(p, torch.from_numpy(p.forward).permute(2, 0, 1)[None], p.forward.shape[:2])
+        flows.append(f[0].permute(1, 2, 0).numpy())
+    return flows
 
 
 def check_sequence(entry: dict, bench: Path, runs: Sequence[Path], labels: Sequence[str],
