@@ -395,7 +395,7 @@ def test_python_m_help_runs_without_heavy_imports(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"usage: python -m {module} " in out.stdout and "{make,score,compare,loss_check}" in out.stdout
+    assert f"usage: python -m {module} " in out.stdout and "{make,score,compare,loss_check,truth_drift}" in out.stdout
     code = HELP_IMPORTS.replace("MODULE", repr(module))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

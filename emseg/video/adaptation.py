@@ -32,6 +32,22 @@ DEFAULT_ADAPT_LR = H.default("adapt_lr", H.SegmentQualityHparams)
 DEFAULT_ADAPT_BATCH = 4
 
 
+class EpochBatches:
+    """Mini-batches of indices in 0 … n − 1 drawn without replacement, an epoch at a time, from a generator
+    seeded with ``seed`` (a rerun draws the same batches; with n < batch_size, a batch is one epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        if len(self.order) < self.batch_size:
+            self.order += torch.randperm(self.n, generator=self.gen).tolist()
+        idx, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        return idx
+
+
 def adapt(model, flows: Tensor, steps: int = DEFAULT_ADAPT_STEPS, lr: float = DEFAULT_ADAPT_LR,
           batch_size: int = DEFAULT_ADAPT_BATCH, seed: int = 0, progress: bool = True) -> tuple[object, dict]:
     """Fine-tune a deep copy of ``model`` on ``flows`` (N, 2, I, J) at the model's input size, as the
@@ -56,14 +72,10 @@ def adapt(model, flows: Tensor, steps: int = DEFAULT_ADAPT_STEPS, lr: float = DE
     before = mean_loss(net, flows)
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
+    batches = EpochBatches(len(flows), batch_size, seed)
     bar = tqdm(range(steps), desc="adapting", unit="step", disable=not progress)
     for _ in bar:
-        if len(order) < batch_size:
-            order += torch.randperm(len(flows), generator=gen).tolist()
-        idx, order = order[:batch_size], order[batch_size:]
-        batch = {"Flow": flows[idx].to(device)}
+        batch = {"Flow": flows[batches.next()].to(device)}
         net.prediction(batch)
         loss = net.Criterion(batch, with_parametric_flow=False)["losses"].mean()
         opt.zero_grad(set_to_none=True)

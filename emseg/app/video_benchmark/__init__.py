@@ -14,6 +14,7 @@ One job per module:
   the original seven roles, the new ones, all —, ``summary.json``, the text table);
 - ``compare.py``: scored runs side by side (table, bar plot, a figure of chosen frames);
 - ``loss_check.py``: whether the training loss prefers the ground truth to a run's masks (on its own flows);
+- ``truth_drift.py``: whether training on the loss keeps a network fitted to the ground truth there;
 - ``cli.py``: the command line.
 
 This application module combines building blocks (``evaluationmodule``'s metrics and writers) with the

@@ -15,6 +15,8 @@ written as an MP4 video (25 fps) with its masks.
     python -m emseg.app.video_benchmark compare runs/videobench/A runs/videobench/B ...
     python -m emseg.app.video_benchmark loss_check --bench data/videobench --split dev \\
         --runs runs/videobench/A [runs/videobench/B ...] [--clip_length 3] [--out loss_check.csv]
+    python -m emseg.app.video_benchmark truth_drift --bench data/videobench --split test \\
+        --ckpt checkpoints/em_small.ckpt [--steps 25 100 300] [--out truth_drift.csv]
 
 Layout written by ``make``: ``{out}/manifest.json``, ``{out}/{split}/{sequence}/video.mp4``,
 ``{out}/{split}/{sequence}/masks/00000.png`` ... (0 / 255, the video's size) and
@@ -30,6 +32,8 @@ sequence and over the split's original seven sequences (core7), the new ones and
 
 ``loss_check`` asks whether the training loss prefers the ground truth to the runs' masks: on each run's
 own flows, the loss (θ refitted) of the true partition against the run's, frame by frame (``loss_check.py``).
+``truth_drift`` asks where training leads from the truth: a copy of the model fitted with labels to each
+sequence's ground truth, then trained on its own loss alone, J along the way (``truth_drift.py``).
 
 ``python -m evaluationmodule.video_benchmark`` (the module's former path) runs the same command.
 """
@@ -52,8 +56,9 @@ PROG = "python -m emseg.app.video_benchmark"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """The command line (``make``, ``score``, ``compare``, ``loss_check``); ``prog`` is the command the help shows (the
-    old module path passes its own). Returns 0; a bad input exits with one line naming the file."""
+    """The command line (``make``, ``score``, ``compare``, ``loss_check``, ``truth_drift``); ``prog`` is the
+    command the help shows (the old module path passes its own). Returns 0; a bad input exits with one line
+    naming the file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
@@ -94,6 +99,22 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                     help="1: the frame model's loss; T > 1: the temporal model's over clips of T frames")
     H.add_arguments(lc, H.LossHparams, only=LOSS_KEYS)
     lc.add_argument("--out", default=None, help="per-frame CSV (and {stem}_per_sequence.csv beside it)")
+    td = sub.add_parser("truth_drift", help="fit a copy of the model to the truth, then train it on its loss "
+                                            "alone: does J stay? (per sequence with objects)")
+    td.add_argument("--bench", required=True)
+    td.add_argument("--split", default="dev", choices=list(SPLITS))
+    td.add_argument("--ckpt", default=None, help="the model (default: the bundled one); a temporal one too")
+    td.add_argument("--sequences", nargs="+", default=None, help="only these sequences (default: all with objects)")
+    td.add_argument("--steps", nargs="+", type=int, default=[25, 100, 300],
+                    help="milestones (steps of the loss alone) at which J is measured")
+    td.add_argument("--truth_steps", type=int, default=150, help="supervised steps fitting the model to the truth")
+    td.add_argument("--truth_lr", type=float, default=1e-3)
+    td.add_argument("--lr", type=float, default=None, help="learning rate of the loss's steps (default: --adapt's)")
+    td.add_argument("--batch_size", type=int, default=None, help="frames (or clips) per step (default: --adapt's)")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--temporal_weight", type=float, default=None,
+                    help="a temporal model: this weight of the temporal term instead of its own")
+    td.add_argument("--out", default=None, help="CSV of the table (and {stem}.png, J against steps, beside it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if extra and args.cmd != "score":
@@ -121,6 +142,23 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             print(format_loss_table(per_seq, settings))
             if args.out:
                 print(f"→ {args.out}")
+        elif args.cmd == "truth_drift":
+            from emseg.app.segment.model import load_segmenter
+            from emseg.app.video_benchmark import truth_drift as drift
+
+            given = {k: getattr(args, k) for k in ("lr", "batch_size") if getattr(args, k) is not None}
+            settings = drift.DriftSettings(steps=tuple(args.steps), truth_steps=args.truth_steps,
+                                           truth_lr=args.truth_lr, seed=args.seed,
+                                           temporal_weight=args.temporal_weight, **given)
+            model = load_segmenter(args.ckpt, trainable=True, device="cpu")
+            try:
+                drift.check_drift(settings, model)
+            except ValueError as err:
+                p.error(str(err))
+            df = drift.truth_drift(args.bench, args.split, model, settings, args.sequences, args.out)
+            print(drift.format_drift_table(df))
+            if args.out:
+                print(f"→ {args.out}, {drift.plot_drift(df, Path(args.out).with_suffix('.png'))}")
         else:
             from emseg.app.video_benchmark.compare import compare_frames, compare_runs
 
